@@ -1,0 +1,17 @@
+"""Celery entry point: `celery -A celery_worker.celery worker|beat`.
+
+With the (default) gevent pool, the standard library is patched before anything else is
+imported, for the same reason as in `wsgi.py`.
+"""
+
+import os
+
+if os.environ.get("CELERY_POOL", "gevent") == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+from myapp import create_app  # noqa: E402 - must come after patching
+
+app = create_app()
+celery = app.extensions["celery"]

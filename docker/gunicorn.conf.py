@@ -1,0 +1,69 @@
+"""gunicorn settings for the `web` and `realtime` roles (gevent workers, no preload).
+
+Loaded by the master before any worker starts: it validates the configuration (so a bad
+one stops gunicorn before it binds), prepares the Prometheus multiprocess directory, and
+routes gunicorn's own logs through the app's masked structlog pipeline.
+"""
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from myapp.settings import load_settings  # noqa: E402
+
+_settings = load_settings()  # raises ConfigError (exit 1, every bad variable named)
+
+_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/myapp-prometheus"))  # noqa: S108
+
+bind = [f"0.0.0.0:{_settings.port}"]  # noqa: S104 - inside a container/pod, behind the ingress
+worker_class = "gevent"
+workers = _settings.web_concurrency
+worker_connections = _settings.gunicorn_worker_connections
+timeout = _settings.gunicorn_timeout
+graceful_timeout = _settings.gunicorn_graceful_timeout
+keepalive = 5
+preload_app = False  # preloading imports psycopg before the worker patches: see DESIGN.md
+accesslog = None  # the app writes one masked access line per request
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+forwarded_allow_ips = "*" if _settings.trusted_proxy_hops else "127.0.0.1"
+proc_name = _settings.app_name
+
+
+def on_starting(server):
+    """Master start: wipe stale metric files and send gunicorn's logs through structlog."""
+    from myapp.core.logging import configure_logging
+
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(level=_settings.log_level, fmt=_settings.log_format)
+
+
+def post_worker_init(worker):
+    """Replace gunicorn's SIGTERM handler with a drain: readiness 503 first, then stop.
+
+    For `SHUTDOWN_DRAIN_SECONDS` the worker keeps serving (the load balancer notices the
+    failing readiness probe and stops routing here), then it stops accepting and lets
+    in-flight requests finish within `graceful_timeout`.
+    """
+    import gevent
+
+    from myapp.health.service import start_draining
+
+    def drain(signum, frame):
+        start_draining()
+        worker.log.info("Draining for %ss before shutdown", _settings.shutdown_drain_seconds)
+        gevent.spawn_later(_settings.shutdown_drain_seconds, setattr, worker, "alive", False)
+
+    signal.signal(signal.SIGTERM, drain)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be summed any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,1 @@
+"""Cross-cutting platform code. It knows no domain and imports none."""

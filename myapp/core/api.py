@@ -1,0 +1,259 @@
+"""flask-smorest subclasses: the envelope, camelCase schemas and paging live here, once.
+
+Domains import `Blueprint`, `Schema`, the paging argument schemas and helpers from here:
+
+    blp = Blueprint("users", __name__, url_prefix="/v1/users")
+
+    @blp.route("/")
+    class Users(MethodView):
+        @blp.arguments(OffsetPageArgs, location="query")
+        @blp.response(200, UserSchema(many=True), page="offset")
+        def get(self, args):
+            "List users."
+            return offset_page(select(User), page=args["page"], per_page=args["per_page"])
+
+The view returns plain data (or a `Page`); the blueprint wraps it as
+`{"success": true, "data": ..., "meta": ...}` and documents exactly that shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Literal
+
+import flask_smorest
+import marshmallow as ma
+from sqlalchemy import Select, func, literal, select, tuple_
+
+from myapp.core.errors import AppError
+from myapp.extensions import db
+
+PageKind = Literal["offset", "cursor"]
+MAX_PER_PAGE = 100
+
+
+def camelcase(name: str) -> str:
+    """`created_at` -> `createdAt`."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class Schema(ma.Schema):
+    """Base schema: camelCase on the wire, unknown fields refused."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    def on_bind_field(self, field_name: str, field_obj: ma.fields.Field) -> None:
+        """Expose every field under its camelCase name unless one is given."""
+        field_obj.data_key = field_obj.data_key or camelcase(field_name)
+
+
+class ErrorDetailSchema(Schema):
+    """One validation problem."""
+
+    field = ma.fields.String(required=True, metadata={"example": "email"})
+    message = ma.fields.String(required=True, metadata={"example": "Not a valid email address."})
+
+
+class ErrorSchema(Schema):
+    """The `error` member of a failure."""
+
+    code = ma.fields.String(required=True, metadata={"example": "VALIDATION_FAILED"})
+    message = ma.fields.String(required=True)
+    details = ma.fields.List(ma.fields.Nested(ErrorDetailSchema))
+
+
+class ErrorEnvelopeSchema(Schema):
+    """Every 4xx/5xx body."""
+
+    success = ma.fields.Boolean(required=True, metadata={"example": False})
+    error = ma.fields.Nested(ErrorSchema, required=True)
+    request_id = ma.fields.String(required=True, metadata={"example": "01JD3Q7ZK2X9V5T8N4R6M1P0A"})
+
+
+class OffsetMetaSchema(Schema):
+    """Paging of an offset list."""
+
+    page = ma.fields.Integer(required=True)
+    per_page = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+    total_pages = ma.fields.Integer(required=True)
+
+
+class CursorMetaSchema(Schema):
+    """Paging of a cursor list."""
+
+    next_cursor = ma.fields.String(required=True, allow_none=True)
+    has_more = ma.fields.Boolean(required=True)
+
+
+class OffsetPageArgs(Schema):
+    """`?page=1&perPage=20` (max 100)."""
+
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+    per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+
+
+class CursorPageArgs(Schema):
+    """`?cursor=..&limit=..` (max 100)."""
+
+    cursor = ma.fields.String(load_default=None, validate=ma.validate.Length(max=512))
+    limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
+
+
+@dataclass(slots=True)
+class Page:
+    """A slice of a list plus its paging metadata (already camelCase-free, dumped by schema)."""
+
+    items: Sequence[Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+_META_SCHEMAS: dict[str, type[Schema]] = {"offset": OffsetMetaSchema, "cursor": CursorMetaSchema}
+_envelope_cache: dict[tuple[int, str | None], type[ma.Schema]] = {}
+
+
+def success_envelope(schema: ma.Schema, page: PageKind | None = None) -> ma.Schema:
+    """Schema of `{"success": true, "data": <schema>, "meta": <paging>}`."""
+    key = (id(schema), page)
+    if key not in _envelope_cache:
+        fields: dict[str, ma.fields.Field] = {
+            "success": ma.fields.Boolean(required=True, metadata={"example": True}),
+            "data": ma.fields.Nested(schema, required=True),
+        }
+        if page:
+            fields["meta"] = ma.fields.Nested(_META_SCHEMAS[page], required=True)
+        base = schema.__class__.__name__.removesuffix("Schema")
+        name = f"{base}{'List' if schema.many else ''}{(page or '').title()}Envelope"
+        _envelope_cache[key] = Schema.from_dict(fields, name=name)
+    return _envelope_cache[key]()
+
+
+class Blueprint(flask_smorest.Blueprint):
+    """A smorest blueprint whose responses carry the API.md envelope."""
+
+    def response(
+        self,
+        status_code: int,
+        schema: Any = None,
+        *,
+        page: PageKind | None = None,
+        envelope: bool = True,
+        **kwargs: Any,
+    ) -> Callable:
+        """Like smorest's `response`, but wrapping data (and paging) in the envelope.
+
+        `envelope=False` is for the few operational routes whose shape API.md fixes
+        otherwise (health). A view may still return a `(data, status, headers)` tuple.
+        """
+        if schema is None or not envelope:
+            return super().response(status_code, schema, **kwargs)
+        schema_instance = schema() if isinstance(schema, type) else schema
+        outer = super().response(status_code, success_envelope(schema_instance, page), **kwargs)
+
+        def decorator(view: Callable) -> Callable:
+            @wraps(view)
+            def enveloped(*args: Any, **view_kwargs: Any) -> Any:
+                result = view(*args, **view_kwargs)
+                body, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+                if isinstance(body, Page):
+                    wrapped = {"success": True, "data": body.items, "meta": body.meta}
+                else:
+                    wrapped = {"success": True, "data": body}
+                return (wrapped, *rest) if rest else wrapped
+
+            return outer(enveloped)
+
+        return decorator
+
+
+class Api(flask_smorest.Api):
+    """Our Api: error responses documented with the envelope we actually serve."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+    def _register_error_handlers(self) -> None:
+        """`myapp.core.errors` owns error handling; smorest's handler is not installed."""
+
+
+api = Api()
+
+
+def offset_page(statement: Select, *, page: int, per_page: int, session: Any = None) -> Page:
+    """Run `statement` for one offset page and count the total."""
+    session = session or db.session
+    total = session.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
+    items = session.execute(statement.limit(per_page).offset((page - 1) * per_page)).scalars()
+    meta = {
+        "page": page,
+        "per_page": per_page,
+        "total": total,
+        "total_pages": math.ceil(total / per_page) if total else 0,
+    }
+    return Page(items=list(items), meta=meta)
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    """Opaque, URL-safe cursor for keyset paging."""
+    raw = json.dumps([str(v) for v in values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, size: int) -> list[str]:
+    """Inverse of `encode_cursor`; a tampered cursor is a 400."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise AppError("BAD_REQUEST", "Invalid cursor.") from None
+    if not isinstance(values, list) or len(values) != size:
+        raise AppError("BAD_REQUEST", "Invalid cursor.")
+    return values
+
+
+def cursor_page(
+    statement: Select,
+    *,
+    keys: Sequence[Any],
+    cursor: str | None,
+    limit: int,
+    descending: bool = False,
+    session: Any = None,
+) -> Page:
+    """Keyset paging on `keys` (unique together, e.g. `(created_at, id)`).
+
+    Rows inserted between calls never shift a page: each page starts strictly after the
+    last row of the previous one.
+    """
+    session = session or db.session
+    key_tuple = tuple_(*keys)
+    if cursor:
+        after = decode_cursor(cursor, len(keys))
+        bound = tuple_(*(_typed(k, v) for k, v in zip(keys, after, strict=True)))
+        statement = statement.where(key_tuple < bound if descending else key_tuple > bound)
+    order = [k.desc() if descending else k.asc() for k in keys]
+    rows = list(session.execute(statement.order_by(*order).limit(limit + 1)).scalars())
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if has_more and rows:
+        next_cursor = encode_cursor([getattr(rows[-1], k.key) for k in keys])
+    return Page(items=rows, meta={"next_cursor": next_cursor, "has_more": has_more})
+
+
+def _typed(column: Any, value: str) -> Any:
+    """Bind a cursor value with the column's type so PostgreSQL compares it correctly."""
+    try:
+        python_type = column.type.python_type
+        parsed = datetime.fromisoformat(value) if python_type is datetime else python_type(value)
+    except (NotImplementedError, TypeError, ValueError):
+        raise AppError("BAD_REQUEST", "Invalid cursor.") from None
+    return literal(parsed, type_=column.type)

@@ -1,0 +1,94 @@
+"""Request-scoped context: request id and actor, kept in contextvars.
+
+Contextvars are per greenlet under gevent and per thread otherwise, so every log line,
+SQL comment and outgoing task message of a request can read them without passing them
+around.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import structlog
+from flask import Flask, Response, g, request
+from ulid import ULID
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is acting: a user, the system (jobs, CLI) or an anonymous caller."""
+
+    type: str
+    id: str | None = None
+
+
+ANONYMOUS = Actor(type="anonymous")
+SYSTEM = Actor(type="system")
+actor_var: ContextVar[Actor] = ContextVar("actor", default=ANONYMOUS)
+
+
+def new_request_id() -> str:
+    """A fresh, time-ordered request id."""
+    return str(ULID())
+
+
+def accept_request_id(candidate: str | None) -> str:
+    """Return the client's id when it is well formed, else a new one."""
+    if candidate and _VALID_REQUEST_ID.fullmatch(candidate):
+        return candidate
+    return new_request_id()
+
+
+def bind_request_id(request_id: str) -> None:
+    """Make `request_id` current for logs, SQL comments and task headers."""
+    request_id_var.set(request_id)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+def current_request_id() -> str | None:
+    """The request id of the current request or task, if any."""
+    return request_id_var.get()
+
+
+def bind_actor(actor: Actor) -> None:
+    """Record who is acting for the rest of this request or task."""
+    actor_var.set(actor)
+    structlog.contextvars.bind_contextvars(user_id=actor.id if actor.type == "user" else None)
+
+
+def current_actor() -> Actor:
+    """The current actor (anonymous when nobody is bound)."""
+    return actor_var.get()
+
+
+def clear_context() -> None:
+    """Forget the request id and actor at the end of a request or task."""
+    request_id_var.set(None)
+    actor_var.set(ANONYMOUS)
+    structlog.contextvars.clear_contextvars()
+
+
+def register_request_context(app: Flask) -> None:
+    """Bind a request id before anything else runs and echo it on every response."""
+
+    @app.before_request
+    def _bind_request_context() -> None:
+        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+        bind_request_id(g.request_id)
+        bind_actor(ANONYMOUS)
+
+    @app.after_request
+    def _echo_request_id(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = current_request_id() or new_request_id()
+        return response
+
+    @app.teardown_request
+    def _clear_request_context(_: BaseException | None) -> None:
+        clear_context()

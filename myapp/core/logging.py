@@ -1,0 +1,197 @@
+"""Structured logging: one pipeline for our logs and stdlib, gunicorn, Celery and SQLAlchemy.
+
+Every record, whoever emits it, goes through the root handler's `ProcessorFormatter`: the
+request context is merged in, secrets and personal data are masked, and the line is
+rendered as JSON (outside local) or for a human (local).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from flask import Flask, Response, g, request
+
+MASK = "***"
+_HANDLER_NAME = "myapp"
+
+#: Keys whose values are never logged, in any casing, with `-` or `_`.
+_SECRET_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credential",
+    "session",
+    "csrf",
+    "signature",
+)
+_EMAIL_KEYS = frozenset({"email", "email_address", "to", "from"})
+_PHONE_KEYS = frozenset({"phone", "phone_number", "mobile"})
+
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+_ASSIGNMENT_RE = re.compile(
+    r"(?i)\b([\w-]*(?:password|passwd|secret|token|api[_-]?key|authorization|cookie)[\w-]*)"
+    r"(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+)
+
+
+def _normalise(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a field of this name holds a secret."""
+    name = _normalise(key)
+    return any(part in name for part in _SECRET_KEY_PARTS)
+
+
+def mask_email(value: str) -> str:
+    """`jane.doe@example.com` -> `j***@example.com`."""
+    return _EMAIL_RE.sub(lambda m: f"{m.group(1)}{MASK}@{m.group(2)}", value)
+
+
+def mask_phone(value: str) -> str:
+    """Keep only the last four digits."""
+    digits = re.sub(r"\D", "", value)
+    return f"{MASK}{digits[-4:]}" if len(digits) > 4 else MASK
+
+
+def scrub_text(text: str) -> str:
+    """Mask secrets and e-mail addresses inside free text (messages, tracebacks)."""
+    text = _URL_PASSWORD_RE.sub(rf"\1{MASK}@", text)
+    text = _BEARER_RE.sub(rf"\1 {MASK}", text)
+    text = _JWT_RE.sub(MASK, text)
+    text = _ASSIGNMENT_RE.sub(rf"\1\2{MASK}", text)
+    return mask_email(text)
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """Mask one field by its name, recursing into mappings and sequences."""
+    name = _normalise(key)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if is_secret_key(name):
+        return MASK
+    if isinstance(value, Mapping):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [mask_value(key, item) for item in value]
+    text = value if isinstance(value, str) else str(value)
+    if name in _PHONE_KEYS:
+        return mask_phone(text)
+    if name in _EMAIL_KEYS:
+        return mask_email(text)
+    return scrub_text(text)
+
+
+def mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask every field of the event."""
+    return {key: mask_value(key, value) for key, value in event_dict.items()}
+
+
+def _drop_color_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _shared_processors() -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+    ]
+
+
+def _renderer(fmt: str) -> Any:
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    return structlog.processors.JSONRenderer()
+
+
+def configure_logging(*, level: str = "INFO", fmt: str = "json", sql: bool = False) -> None:
+    """Route every logger through one masked structlog pipeline writing to stderr."""
+    shared = _shared_processors()
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            mask_processor,
+            _renderer(fmt),
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.set_name(_HANDLER_NAME)
+    root = logging.getLogger()
+    # Replace only our own handler: a second app in the same process (tests) must not
+    # remove handlers that somebody else attached.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _HANDLER_NAME] + [handler]
+    root.setLevel(level)
+    for name in ("gunicorn.error", "gunicorn.access", "celery", "werkzeug", "sqlalchemy"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if sql else logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structlog logger bound to `name` (module name by convention)."""
+    return structlog.stdlib.get_logger(name)
+
+
+_QUIET_PREFIXES = ("/health", "/metrics")
+
+
+def register_access_log(app: Flask) -> None:
+    """One line per request: method, route template, status, duration, ids and client IP.
+
+    Probes and scrapes log at debug level so they do not drown the real traffic.
+    """
+    access = get_logger("myapp.access")
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _log_request(response: Response) -> Response:
+        started = g.get("request_started", time.perf_counter())
+        quiet = request.path.startswith(_QUIET_PREFIXES) and response.status_code < 400
+        (access.debug if quiet else access.info)(
+            "http.request",
+            method=request.method,
+            route=request.url_rule.rule if request.url_rule else None,
+            path=request.path,
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            ip=request.remote_addr,
+        )
+        return response

@@ -1,0 +1,1 @@
+"""Health: liveness, readiness (with drain after SIGTERM) and a detailed dependency report."""

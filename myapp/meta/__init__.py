@@ -1,0 +1,1 @@
+"""Meta: facts about the API itself (the error-code catalog)."""

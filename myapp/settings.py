@@ -1,0 +1,222 @@
+"""Application settings: one validated class, read from the environment (and `.env`).
+
+`APP_ENV` selects a profile (local, dev, stage, prod, test) that supplies defaults for
+variables left unset. Invalid configuration stops every entry point (app factory, CLI,
+gunicorn, Celery) before it serves anything, naming each bad variable without its value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import model_validator as _model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+AppEnv = Literal["local", "dev", "stage", "prod", "test"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Environments where a built-in development secret is acceptable.
+DEV_ENVS = frozenset({"local", "dev", "test"})
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDER_MARKERS = ("change-me", "changeme", "insecure", "placeholder", "dev-only", "example")
+_DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"  # noqa: S105 - refused outside dev
+
+#: Defaults that depend on the profile; anything set explicitly wins.
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "local": {
+        "log_format": "console",
+        "api_docs_enabled": True,
+        "cors_origins": "http://localhost:3000,http://localhost:5173",
+        "shutdown_drain_seconds": 0,
+    },
+    "test": {"log_format": "json", "api_docs_enabled": True, "cors_origins": "", "db_pool_size": 5},
+    "dev": {"log_format": "json", "api_docs_enabled": True, "cors_origins": ""},
+    "stage": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
+    "prod": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
+}
+
+
+def _split_csv(value: Any) -> Any:
+    """Accept `a,b,c` strings for list settings (lists pass through)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _is_placeholder(secret: str) -> bool:
+    lowered = secret.lower()
+    return any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+CsvList = Annotated[list[str], NoDecode]
+CidrList = Annotated[list[Network], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting the application reads. Field names map to upper-case env vars."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # Order matters: validators of later fields read `app_env` from already-validated data.
+    app_env: AppEnv = "local"
+    app_name: str = Field("myapp", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    app_version: str = "0.1.0"
+
+    secret_key: SecretStr = SecretStr(_DEV_SECRET)
+    jwt_secret_key: SecretStr = SecretStr(_DEV_SECRET)
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/myapp"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None
+    cache_redis_url: str | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    log_sql: bool = False
+
+    port: int = Field(8000, ge=1, le=65535)
+    web_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    gunicorn_timeout: int = Field(30, ge=1)
+    gunicorn_graceful_timeout: int = Field(30, ge=1)
+    gunicorn_worker_connections: int = Field(1000, ge=1)
+    shutdown_drain_seconds: float = Field(5.0, ge=0)
+
+    cors_origins: CsvList = []
+    metrics_allowed_cidrs: CidrList = Field(
+        default_factory=lambda: _split_csv("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12")
+    )
+    api_docs_enabled: bool = False
+    trusted_proxy_hops: int = Field(0, ge=0, le=5)
+    max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
+
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(20, ge=0)
+    db_pool_timeout: float = Field(5.0, gt=0)
+    db_pool_recycle: int = Field(1800, ge=-1)
+    db_connect_timeout: int = Field(5, ge=1)
+    db_statement_timeout_ms: int = Field(30_000, ge=0)
+
+    redis_socket_timeout: float = Field(5.0, gt=0)
+    redis_connect_timeout: float = Field(2.0, gt=0)
+    redis_health_check_interval: int = Field(30, ge=0)
+    redis_max_retries: int = Field(3, ge=0)
+
+    celery_pool: Literal["gevent", "prefork", "solo", "threads"] = "gevent"
+    celery_concurrency: int = Field(50, ge=1)
+
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+
+    @_model_validator(mode="before")
+    @classmethod
+    def _apply_profile_defaults(cls, data: Any) -> Any:
+        """Fill unset variables from the `APP_ENV` profile."""
+        if not isinstance(data, dict):
+            return data
+        env = str(data.get("app_env") or os.environ.get("APP_ENV") or "local").lower()
+        for key, value in PROFILE_DEFAULTS.get(env, {}).items():
+            data.setdefault(key, value)
+        return data
+
+    @field_validator("cors_origins", "metrics_allowed_cidrs", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("secret_key", "jwt_secret_key")
+    @classmethod
+    def _strong_secret_outside_dev(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        if info.data.get("app_env", "local") in DEV_ENVS:
+            return value
+        secret = value.get_secret_value()
+        if len(secret) < MIN_SECRET_LENGTH or _is_placeholder(secret):
+            raise ValueError(
+                f"must be a real secret of at least {MIN_SECRET_LENGTH} characters "
+                "(placeholders are refused outside local/dev/test)"
+            )
+        return value
+
+    @field_validator("admin_password")
+    @classmethod
+    def _admin_password_outside_dev(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is None or info.data.get("app_env", "local") in DEV_ENVS:
+            return value
+        if len(value.get_secret_value()) < 12 or _is_placeholder(value.get_secret_value()):
+            raise ValueError("must be at least 12 characters and not a placeholder")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("is not a valid database URL") from None
+        if url.drivername != "postgresql+psycopg" or not url.database:
+            raise ValueError("must look like postgresql+psycopg://user@host:5432/dbname")
+        return value
+
+    @field_validator("redis_url", "celery_broker_url", "cache_redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_outside_local(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if "*" in value and info.data.get("app_env") != "local":
+            raise ValueError("'*' is only allowed when APP_ENV=local; list the origins")
+        return value
+
+    @property
+    def is_dev(self) -> bool:
+        """True in the environments where developer conveniences are allowed."""
+        return self.app_env in DEV_ENVS
+
+    @property
+    def broker_url(self) -> str:
+        """The Celery broker URL (defaults to `REDIS_URL`)."""
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def cache_url(self) -> str:
+        """The cache Redis URL (defaults to `REDIS_URL`)."""
+        return self.cache_redis_url or self.redis_url
+
+    @property
+    def redis_prefix(self) -> str:
+        """Prefix of every Redis key this app writes: `{app}:{env}:`."""
+        return f"{self.app_name}:{self.app_env}:"
+
+
+class ConfigError(SystemExit):
+    """Invalid configuration. Uncaught, it prints the message and exits with status 1."""
+
+
+def describe_errors(error: ValidationError) -> str:
+    """List every invalid variable by env name, with the reason but never the value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in item["loc"][:1]).upper() or "SETTINGS"
+        reason = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {name}: {reason}")
+    return "Invalid configuration:\n" + "\n".join(sorted(set(lines)))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; raise `ConfigError` listing every problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None

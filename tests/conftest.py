@@ -1,0 +1,169 @@
+"""Test harness: a fresh PostgreSQL database migrated for real, a dedicated Redis index.
+
+- The server comes from `DATABASE_URL` / `REDIS_URL` (`make test` starts embedded ones when
+  nothing answers). Tests use database `myapp_test` (dropped and recreated per run) and
+  Redis database `TEST_REDIS_DB` (default 15), flushed before every test.
+- Each test runs inside a transaction that is rolled back; services' commits only release
+  a savepoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import upgrade
+from sqlalchemy import make_url
+
+from myapp import create_app
+from myapp.extensions import db
+from myapp.settings import Settings
+from tests.support.routes import register_test_routes
+
+TEST_DB_NAME = os.environ.get("TEST_DATABASE_NAME", "myapp_test")
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+
+
+def server_database_url(name: str) -> str:
+    """`DATABASE_URL`'s server with another database name."""
+    base = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """The same URL without SQLAlchemy's `+psycopg` driver suffix."""
+    return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def recreate_database(name: str) -> str:
+    """Drop and create `name` on the test server; return its SQLAlchemy URL."""
+    with psycopg.connect(libpq_url(server_database_url("postgres")), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_database_url(name)
+
+
+def test_redis_url() -> str:
+    """`REDIS_URL`'s server with the dedicated test index."""
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{TEST_REDIS_DB}" if head.count("/") >= 2 else f"{base}/{TEST_REDIS_DB}"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Test settings; keyword overrides win over the environment."""
+    values: dict[str, Any] = {
+        "app_env": "test",
+        "database_url": server_database_url(TEST_DB_NAME),
+        "redis_url": test_redis_url(),
+        "celery_broker_url": None,
+        "cache_redis_url": None,
+        "log_level": "INFO",
+        "shutdown_drain_seconds": 0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A fresh test database at the head migration (the real migrations, not create_all)."""
+    url = recreate_database(TEST_DB_NAME)
+    app = create_app(make_settings(database_url=url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str) -> Flask:
+    """The application under test (test profile), plus test-only routes under `/_test`."""
+    application = create_app(make_settings(database_url=database_url))
+    register_test_routes(application)
+    return application
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Callable[..., Flask]:
+    """Build another app with some settings changed (`make_app(app_env="prod", ...)`)."""
+    created: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        new_app = create_app(make_settings(**{"database_url": database_url, **overrides}))
+        created.append(new_app)
+        return new_app
+
+    yield factory
+    for made in created:
+        with made.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _flush_test_redis(app: Flask) -> None:
+    app.extensions["redis"].flushdb()
+
+
+@pytest.fixture
+def db_session(app: Flask) -> Iterator[Any]:
+    """Run the test in a transaction that is rolled back; commits become savepoints."""
+    with app.app_context():
+        connection = db.engine.connect()
+        transaction = connection.begin()
+        original = db.session
+        db.session = db._make_scoped_session(
+            {"bind": connection, "binds": {}, "join_transaction_mode": "create_savepoint"}
+        )
+        try:
+            yield db.session
+        finally:
+            db.session.remove()
+            db.session = original
+            transaction.rollback()
+            connection.close()
+
+
+@pytest.fixture
+def client(app: Flask, db_session: Any) -> FlaskClient:
+    """A test client whose requests share the rolled-back test transaction."""
+    return app.test_client()
+
+
+class LogCapture:
+    """Formatted log output of the app's own pipeline (masking and rendering included)."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self._stream = stream
+
+    @property
+    def text(self) -> str:
+        """Everything logged so far."""
+        return self._stream.getvalue()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Each JSON line, parsed."""
+        return [json.loads(line) for line in self.text.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def logs(app: Flask) -> Iterator[LogCapture]:
+    """Capture log lines as the app's configured root handler renders them."""
+    root = logging.getLogger()
+    ours = next(h for h in root.handlers if h.get_name() == "myapp")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ours.formatter)
+    root.addHandler(handler)
+    try:
+        yield LogCapture(stream)
+    finally:
+        root.removeHandler(handler)

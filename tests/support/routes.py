@@ -1,0 +1,69 @@
+"""Routes that exist only in tests, to drive the platform's error, logging and SQL paths."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from flask import Flask, request
+from sqlalchemy import text
+
+from myapp.core.api import Blueprint, CursorPageArgs, Schema
+from myapp.core.logging import get_logger
+from myapp.extensions import db
+
+blp = Blueprint("test_support", __name__, url_prefix="/_test")
+log = get_logger("tests.support")
+
+
+class EchoSchema(Schema):
+    """A body with a validated field."""
+
+    email = ma.fields.Email(required=True)
+    display_name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=20))
+
+
+@blp.route("/echo", methods=["POST"])
+@blp.arguments(EchoSchema)
+@blp.response(201, EchoSchema)
+def echo(body: dict) -> dict:
+    """Return the validated body."""
+    return body
+
+
+@blp.route("/boom")
+def boom() -> None:
+    """Raise an unexpected error whose message holds a secret."""
+    raise RuntimeError("kaboom password=hunter2-in-exception")
+
+
+@blp.route("/sql")
+def sql() -> dict:
+    """Run two statements, returning the text PostgreSQL received for each."""
+    log.info("test.sql.start")
+    first = db.session.execute(text("SELECT current_query()")).scalar_one()
+    second = db.session.execute(text("SELECT current_query() AS again")).scalar_one()
+    log.info("test.sql.end")
+    return {"queries": [first, second]}
+
+
+@blp.route("/sleep")
+def sleep() -> dict:
+    """Hold a database connection for `?seconds=` (default 0.5) in `pg_sleep`."""
+    import time
+
+    seconds = float(request.args.get("seconds", "0.5"))
+    started = time.time()
+    db.session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+    db.session.rollback()
+    return {"started": started, "ended": time.time()}
+
+
+@blp.route("/cursor")
+@blp.arguments(CursorPageArgs, location="query")
+def cursor_args(args: dict) -> dict:
+    """Echo parsed cursor arguments (query validation path)."""
+    return {"limit": args["limit"]}
+
+
+def register_test_routes(app: Flask) -> None:
+    """Attach the test blueprint (plain Flask registration: not part of the OpenAPI doc)."""
+    app.register_blueprint(blp)
