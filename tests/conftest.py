@@ -21,6 +21,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
+from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import make_url
 
 from myapp import create_app
@@ -51,7 +52,7 @@ def recreate_database(name: str) -> str:
     return server_database_url(name)
 
 
-def test_redis_url() -> str:
+def redis_test_url() -> str:
     """`REDIS_URL`'s server with the dedicated test index."""
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     head, _, _ = base.rpartition("/")
@@ -63,7 +64,7 @@ def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "app_env": "test",
         "database_url": server_database_url(TEST_DB_NAME),
-        "redis_url": test_redis_url(),
+        "redis_url": redis_test_url(),
         "celery_broker_url": None,
         "cache_redis_url": None,
         "log_level": "INFO",
@@ -113,6 +114,14 @@ def _flush_test_redis(app: Flask) -> None:
     app.extensions["redis"].flushdb()
 
 
+class _ConnectionBoundSession(FlaskSession):
+    """Flask-SQLAlchemy's session routes statements to its engine, ignoring `bind`; in tests
+    everything must go through the one connection holding the test transaction."""
+
+    def get_bind(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bind
+
+
 @pytest.fixture
 def db_session(app: Flask) -> Iterator[Any]:
     """Run the test in a transaction that is rolled back; commits become savepoints."""
@@ -121,7 +130,11 @@ def db_session(app: Flask) -> Iterator[Any]:
         transaction = connection.begin()
         original = db.session
         db.session = db._make_scoped_session(
-            {"bind": connection, "binds": {}, "join_transaction_mode": "create_savepoint"}
+            {
+                "class_": _ConnectionBoundSession,
+                "bind": connection,
+                "join_transaction_mode": "create_savepoint",
+            }
         )
         try:
             yield db.session

@@ -22,9 +22,9 @@ import base64
 import binascii
 import json
 import math
-from datetime import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import wraps
 from typing import Any, Literal
 

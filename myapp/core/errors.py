@@ -38,7 +38,9 @@ _CATALOG = (
     ErrorCode("AUTH_REQUIRED", 401, "Authentication is required."),
     ErrorCode("AUTH_INVALID_CREDENTIALS", 401, "Email or password is wrong."),
     ErrorCode("AUTH_TOKEN_EXPIRED", 401, "The token has expired."),
-    ErrorCode("AUTH_TOKEN_INVALID", 401, "The token is malformed, mis-signed or of the wrong type."),
+    ErrorCode(
+        "AUTH_TOKEN_INVALID", 401, "The token is malformed, mis-signed or of the wrong type."
+    ),
     ErrorCode("AUTH_TOKEN_REVOKED", 401, "The token has been revoked."),
     ErrorCode("AUTH_TOKEN_REUSED", 401, "A spent refresh token came back; its login is revoked."),
     ErrorCode("FORBIDDEN", 403, "You may not do this."),
@@ -47,7 +49,9 @@ _CATALOG = (
     ErrorCode("METHOD_NOT_ALLOWED", 405, "The route does not accept this method."),
     ErrorCode("CONFLICT", 409, "The request conflicts with the current state."),
     ErrorCode("IDEMPOTENCY_KEY_IN_USE", 409, "A request with this Idempotency-Key is running."),
-    ErrorCode("IDEMPOTENCY_KEY_MISMATCH", 422, "This Idempotency-Key was used for another request."),
+    ErrorCode(
+        "IDEMPOTENCY_KEY_MISMATCH", 422, "This Idempotency-Key was used for another request."
+    ),
     ErrorCode("PAYLOAD_TOO_LARGE", 413, "The request body is over the size limit."),
     ErrorCode("UNSUPPORTED_MEDIA_TYPE", 415, "The content type is not accepted here."),
     ErrorCode("RANGE_NOT_SATISFIABLE", 416, "The requested range cannot be served."),

@@ -57,6 +57,14 @@ def sleep() -> dict:
     return {"started": started, "ended": time.time()}
 
 
+@blp.route("/pid")
+def pid() -> dict:
+    """Which worker process answered."""
+    import os
+
+    return {"pid": os.getpid()}
+
+
 @blp.route("/cursor")
 @blp.arguments(CursorPageArgs, location="query")
 def cursor_args(args: dict) -> dict:

@@ -1,0 +1,107 @@
+"""Configuration: profiles, and invalid settings stop every entry point naming each variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from myapp.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SECRET_MARK = "change-me-ZZ-do-not-print-ZZ"
+
+
+def bad_prod_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "JWT_", "SECRET"))}
+    env.update(
+        APP_ENV="prod",
+        SECRET_KEY="s" * 48 + "-real-secret",
+        JWT_SECRET_KEY=SECRET_MARK,
+        DATABASE_URL="mysql://root:pw-ZZ@db/x",
+        PORT="18765",
+        PROMETHEUS_MULTIPROC_DIR=str(ROOT / ".devdata" / "test-prom-bad-config"),
+    )
+    return env
+
+
+ENTRY_POINTS = {
+    "flask cli": [str(BIN / "flask"), "--app", "myapp", "routes"],
+    "gunicorn": [str(BIN / "gunicorn"), "-c", "docker/gunicorn.conf.py", "wsgi:app"],
+    "celery": [str(BIN / "celery"), "-A", "celery_worker.celery", "worker", "--pool=solo"],
+    "wsgi import": [sys.executable, "-c", "import wsgi"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_invalid_config_stops_entry_point_and_names_every_variable(name):
+    result = subprocess.run(
+        ENTRY_POINTS[name],
+        cwd=ROOT,
+        env=bad_prod_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "JWT_SECRET_KEY" in output and "DATABASE_URL" in output
+    assert SECRET_MARK not in output and "pw-ZZ" not in output
+    assert "Listening at" not in output and "ready" not in output.lower()
+
+
+def test_every_problem_is_listed_at_once(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "stage")
+    monkeypatch.setenv("SECRET_KEY", "short")
+    monkeypatch.setenv("JWT_SECRET_KEY", "x" * 40 + "placeholder")
+    monkeypatch.setenv("REDIS_URL", "http://nope")
+    monkeypatch.setenv("CORS_ORIGINS", "*")
+    monkeypatch.setenv("DB_POOL_SIZE", "zero")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "REDIS_URL", "CORS_ORIGINS", "DB_POOL_SIZE"):
+        assert f"- {name}:" in message
+    assert "short" not in message and "http://nope" not in message
+
+
+def test_dev_profiles_accept_the_built_in_dev_secret(monkeypatch):
+    for env in ("local", "dev", "test"):
+        monkeypatch.setenv("APP_ENV", env)
+        assert load_settings(_env_file=None).app_env == env
+
+
+def test_profile_defaults_and_explicit_values(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "prod")
+    monkeypatch.setenv("SECRET_KEY", "a" * 40)
+    monkeypatch.setenv("JWT_SECRET_KEY", "b" * 40)
+    prod = load_settings(_env_file=None)
+    assert (prod.log_format, prod.api_docs_enabled, prod.cors_origins) == ("json", False, [])
+    monkeypatch.setenv("API_DOCS_ENABLED", "true")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    explicit = load_settings(_env_file=None)
+    assert explicit.api_docs_enabled is True
+    assert explicit.cors_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("APP_ENV", "local")
+    monkeypatch.delenv("API_DOCS_ENABLED")
+    local = load_settings(_env_file=None)
+    assert (local.log_format, local.api_docs_enabled) == ("console", True)
+    assert local.redis_prefix == "myapp:local:"
+
+
+def test_reading_settings_does_not_import_the_database_driver():
+    # gunicorn's master imports myapp.settings before forking gevent workers: if that
+    # dragged psycopg in, psycopg would pick a blocking wait function in every worker.
+    code = (
+        "import sys, myapp.settings, myapp.core.logging\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
+        "assert 'gevent' not in sys.modules, 'gevent imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
