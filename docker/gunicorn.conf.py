@@ -17,7 +17,10 @@ from myapp.settings import load_settings  # noqa: E402
 
 _settings = load_settings()  # raises ConfigError (exit 1, every bad variable named)
 
-_metrics_dir = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/myapp-prometheus"))  # noqa: S108
+# Set before any worker imports prometheus_client, which reads it at import time.
+_metrics_dir = Path(
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _settings.prometheus_multiproc_dir)
+)
 
 bind = [f"0.0.0.0:{_settings.port}"]  # noqa: S104 - inside a container/pod, behind the ingress
 worker_class = "gevent"
