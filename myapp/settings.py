@@ -61,7 +61,11 @@ class Settings(BaseSettings):
     """Every setting the application reads. Field names map to upper-case env vars."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
     )
 
     # Order matters: validators of later fields read `app_env` from already-validated data.
@@ -87,6 +91,7 @@ class Settings(BaseSettings):
     gunicorn_graceful_timeout: int = Field(30, ge=1)
     gunicorn_worker_connections: int = Field(1000, ge=1)
     shutdown_drain_seconds: float = Field(5.0, ge=0)
+    prometheus_multiproc_dir: str = "/tmp/myapp-prometheus"  # noqa: S108 - emptyDir in k8s
 
     cors_origins: CsvList = []
     metrics_allowed_cidrs: CidrList = Field(

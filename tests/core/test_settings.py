@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,25 @@ def test_reading_settings_does_not_import_the_database_driver():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def documented_variables() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
+
+
+def test_env_example_documents_exactly_the_settings():
+    from myapp.settings import Settings
+
+    fields = {name.upper() for name in Settings.model_fields}
+    assert documented_variables() == fields
+
+
+def test_env_example_as_is_is_a_valid_local_configuration(tmp_path, monkeypatch):
+    for name in documented_variables():
+        monkeypatch.delenv(name, raising=False)
+    from myapp.settings import Settings
+
+    settings = Settings(_env_file=ROOT / ".env.example")
+    assert settings.app_env == "local"
+    assert settings.log_format == "console"

@@ -1,0 +1,60 @@
+# The two commands: `make dev` runs the stack, `make test` checks everything.
+# Both install what they need into .venv and, when PostgreSQL/Redis do not answer at
+# DATABASE_URL/REDIS_URL, start real embedded servers under .devdata/ (stopped on exit).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/myapp
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+export FLASK_APP := myapp
+SERVICES := $(BIN)/python -m myapp.devservices run --state-dir .devdata
+
+.PHONY: help install dev serve test lint format lint-deploy migrate seed clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv with runtime and dev dependencies
+
+dev: install ## Run web (REST + Socket.IO on :$(PORT)), Celery worker and beat
+	$(SERVICES) --create-db -- $(MAKE) --no-print-directory serve
+
+serve: # (inside `dev`, once PostgreSQL and Redis answer)
+	$(BIN)/flask db upgrade
+	$(BIN)/flask seed
+	$(BIN)/honcho start --procfile Procfile --port $(PORT)
+
+test: install lint ## Lint, then the whole test suite with coverage
+	$(SERVICES) -- $(BIN)/python -m pytest --cov --cov-report=term
+
+lint: install ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lint-deploy: ## Static checks of Dockerfile, compose, workflows and chart values
+	bash .ci/lint-deploy.sh
+
+migrate: install ## Apply migrations to DATABASE_URL
+	$(SERVICES) --create-db -- $(BIN)/flask db upgrade
+
+seed: install ## Seed reference data into DATABASE_URL
+	$(SERVICES) --create-db -- $(BIN)/flask seed
+
+clean: ## Remove .venv, embedded server data and caches
+	rm -rf $(VENV) .devdata .coverage htmlcov
