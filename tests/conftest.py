@@ -1,8 +1,10 @@
 """Test harness: a fresh PostgreSQL database migrated for real, a dedicated Redis index.
 
 - The server comes from `DATABASE_URL` / `REDIS_URL` (`make test` starts embedded ones when
-  nothing answers). Tests use database `myapp_test` (dropped and recreated per run) and
-  Redis database `TEST_REDIS_DB` (default 15), flushed before every test.
+  nothing answers). Each run creates its own database `myapp_test_<run id>` (dropped at the
+  end) and uses Redis database `TEST_REDIS_DB` (default 15) with its own key prefix
+  `myapp-<run id>:test:`, cleared before every test. Two runs on one machine never see
+  each other's data.
 - Each test runs inside a transaction that is rolled back; services' commits only release
   a savepoint.
 """
@@ -13,6 +15,7 @@ import io
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +32,9 @@ from myapp.extensions import db
 from myapp.settings import Settings
 from tests.support.routes import register_test_routes
 
-TEST_DB_NAME = os.environ.get("TEST_DATABASE_NAME", "myapp_test")
+RUN_ID = os.environ.get("TEST_RUN_ID") or secrets.token_hex(3)
+TEST_DB_NAME = f"myapp_test_{RUN_ID}"
+TEST_APP_NAME = f"myapp-{RUN_ID}"
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 
 
@@ -44,10 +49,16 @@ def libpq_url(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def recreate_database(name: str) -> str:
-    """Drop and create `name` on the test server; return its SQLAlchemy URL."""
+def drop_database(name: str) -> None:
+    """Drop `name` on the test server, closing its connections."""
     with psycopg.connect(libpq_url(server_database_url("postgres")), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def recreate_database(name: str) -> str:
+    """Drop and create `name` on the test server; return its SQLAlchemy URL."""
+    drop_database(name)
+    with psycopg.connect(libpq_url(server_database_url("postgres")), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return server_database_url(name)
 
@@ -63,6 +74,7 @@ def make_settings(**overrides: Any) -> Settings:
     """Test settings; keyword overrides win over the environment."""
     values: dict[str, Any] = {
         "app_env": "test",
+        "app_name": TEST_APP_NAME,
         "database_url": server_database_url(TEST_DB_NAME),
         "redis_url": redis_test_url(),
         "celery_broker_url": None,
@@ -75,22 +87,25 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url() -> Iterator[str]:
     """A fresh test database at the head migration (the real migrations, not create_all)."""
     url = recreate_database(TEST_DB_NAME)
     app = create_app(make_settings(database_url=url))
     with app.app_context():
         upgrade()
         db.engine.dispose()
-    return url
+    yield url
+    drop_database(TEST_DB_NAME)
 
 
 @pytest.fixture(scope="session")
-def app(database_url: str) -> Flask:
+def app(database_url: str) -> Iterator[Flask]:
     """The application under test (test profile), plus test-only routes under `/_test`."""
     application = create_app(make_settings(database_url=database_url))
     register_test_routes(application)
-    return application
+    yield application
+    with application.app_context():
+        db.engine.dispose()
 
 
 @pytest.fixture
@@ -109,9 +124,17 @@ def make_app(database_url: str) -> Callable[..., Flask]:
             db.engine.dispose()
 
 
+def clear_redis_prefix(client: Any, prefix: str) -> None:
+    """Delete this run's keys only (other runs may share the index)."""
+    batch = list(client.scan_iter(match=f"{prefix}*", count=500))
+    while batch:
+        client.unlink(*batch[:500])
+        batch = batch[500:]
+
+
 @pytest.fixture(autouse=True)
-def _flush_test_redis(app: Flask) -> None:
-    app.extensions["redis"].flushdb()
+def _clear_test_redis(app: Flask) -> None:
+    clear_redis_prefix(app.extensions["redis"], app.extensions["settings"].redis_prefix)
 
 
 class _ConnectionBoundSession(FlaskSession):

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import redis_test_url
+from tests.conftest import TEST_APP_NAME, redis_test_url
 from tests.support.servers import get, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -21,6 +21,7 @@ APP = "tests.support.wsgi_app:app"
 def server_env(database_url, tmp_path) -> dict[str, str]:
     return {
         "APP_ENV": "test",
+        "APP_NAME": TEST_APP_NAME,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_test_url(),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
@@ -52,16 +53,14 @@ def test_metrics_aggregate_across_two_workers(server_env):
 
 
 def test_ten_database_sleeps_overlap_on_one_gevent_worker(server_env):
+    # Timing lives in bench/gevent_io.py; here the property itself: one process served all
+    # ten at once, i.e. every sleep began before any of them ended.
     with gunicorn(APP, workers=1, env=server_env) as (_, base):
-        started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=10) as pool:
             answers = list(pool.map(lambda _: get(f"{base}/_test/sleep?seconds=0.5"), range(10)))
-        elapsed = time.perf_counter() - started
     assert all(status == 200 for status, _ in answers)
     spans = [json.loads(body) for _, body in answers]
-    # Cooperative I/O: every sleep began before any of them ended (one worker, one process).
     assert max(s["started"] for s in spans) < min(s["ended"] for s in spans)
-    assert elapsed < 1.5, f"10 x 0.5 s sleeps took {elapsed:.2f} s"
 
 
 def test_sigterm_fails_readiness_while_in_flight_requests_finish(server_env):

@@ -10,16 +10,18 @@ from sqlalchemy import Column, Integer, MetaData, Table, inspect
 
 from myapp import create_app
 from myapp.extensions import db
-from tests.conftest import make_settings, recreate_database
+from tests.conftest import TEST_DB_NAME, drop_database, make_settings, recreate_database
 
 
 @pytest.fixture(scope="module")
 def migration_app():
     """An app on its own database, so walking the history disturbs no other test."""
-    app = create_app(make_settings(database_url=recreate_database("myapp_test_migrations")))
+    name = f"{TEST_DB_NAME}_migrations"
+    app = create_app(make_settings(database_url=recreate_database(name)))
     yield app
     with app.app_context():
         db.engine.dispose()
+    drop_database(name)
 
 
 def schema_diff(metadata: MetaData) -> list:

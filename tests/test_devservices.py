@@ -1,0 +1,363 @@
+"""Tests for ``python -m myapp.devservices``: real embedded servers, real processes, no mocks.
+
+These tests use no conftest fixtures: every subprocess gets DATABASE_URL/REDIS_URL explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from myapp import devservices
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT = 90  # seconds for one devservices run, servers included
+
+# Child commands, run with the environment devservices sets up.
+CHECK_SERVICES = """
+import os, psycopg, redis
+with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "")) as conn:
+    assert conn.execute("SELECT current_database()").fetchone() == ("devtest",)
+    conn.execute("CREATE TABLE IF NOT EXISTS marker (note text)")
+    conn.execute("INSERT INTO marker VALUES ('first run')")
+client = redis.Redis.from_url(os.environ["REDIS_URL"])
+assert client.ping() and client.set("key", "value") and client.get("key") == b"value"
+"""
+CHECK_DATA_KEPT = """
+import os, psycopg, redis
+with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "")) as conn:
+    assert conn.execute("SELECT note FROM marker").fetchall() == [("first run",)]
+assert redis.Redis.from_url(os.environ["REDIS_URL"]).get("key") is None  # no persistence
+"""
+# Counts SIGINT/SIGTERM; once one arrived, waits a little for duplicates, reports, exits 3.
+COUNT_SIGNALS = """
+import signal, sys, time
+received = []
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda signum, frame: received.append(signal.Signals(signum).name))
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not received and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+print("received", ",".join(received), flush=True)
+sys.exit(3)
+"""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    return devservices.port_answers("127.0.0.1", port)
+
+
+def service_env(pg_port: int, redis_port: int) -> dict[str, str]:
+    """The environment for a devservices run against the given local ports."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:{pg_port}/devtest"
+    env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    return env
+
+
+def devservices_command(*args: str, as_module: bool = True) -> list[str]:
+    """``python -m myapp.devservices ARGS``, as ``make`` runs it.
+
+    With ``as_module=False`` it is ``python myapp/devservices.py ARGS`` instead, which skips
+    importing the (slow to import) ``myapp`` package; the fast tests use that.
+    """
+    if as_module:
+        return [sys.executable, "-m", "myapp.devservices", *args]
+    return [sys.executable, str(REPO_ROOT / "myapp" / "devservices.py"), *args]
+
+
+def run_devservices(
+    env: dict[str, str], *args: str, as_module: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run devservices to completion and capture its output."""
+    return subprocess.run(
+        devservices_command(*args, as_module=as_module),
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def read_terminal(terminal: int, output: bytearray, until: bytes | None, deadline: float) -> None:
+    """Append what is printed on a pty to ``output`` until ``until`` shows up (None: EOF)."""
+    while time.monotonic() < deadline and (until is None or until not in output):
+        if not select.select([terminal], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: no process has the terminal open any more
+            return
+        if not chunk:
+            return
+        output += chunk
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    """Free ports for PostgreSQL and Redis."""
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def machine_services() -> dict[str, str]:
+    """Environment pointing at the PostgreSQL/Redis already running on their default ports."""
+    if not (listening(5432) and listening(6379)):
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379")
+    return service_env(5432, 6379)
+
+
+def test_psycopg_url_drops_the_driver_suffix() -> None:
+    assert devservices.psycopg_url("postgresql+psycopg://u@h:1/d") == "postgresql://u@h:1/d"
+    assert devservices.psycopg_url("postgresql://u@h/d") == "postgresql://u@h/d"
+
+
+def test_parse_endpoint() -> None:
+    endpoint = devservices.parse_endpoint("Redis", "redis://localhost/0", 6379)
+    assert endpoint is not None
+    assert (endpoint.host, endpoint.port, endpoint.is_local) == ("localhost", 6379, True)
+    remote = devservices.parse_endpoint("PostgreSQL", "postgresql://u@db.example:6000/d", 5432)
+    assert remote is not None
+    assert (remote.port, remote.is_local) == (6000, False)
+    assert devservices.parse_endpoint("PostgreSQL", "postgresql:///d?host=/tmp", 5432) is None
+
+
+def test_module_does_not_import_flask_or_the_app() -> None:
+    code = "import sys, devservices; assert not {'flask', 'myapp'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT / "myapp", check=True, timeout=30)
+
+
+def test_database_name() -> None:
+    assert devservices.database_name("postgresql+psycopg://u@h/my%20db?x=1") == "my db"
+    assert devservices.database_name("postgresql://u@h") == ""
+
+
+@pytest.mark.slow
+def test_run_starts_servers_stops_them_and_keeps_the_data(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    env = service_env(*ports)
+    first = run_devservices(
+        env,
+        "run",
+        "--create-db",
+        "--state-dir",
+        str(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        CHECK_SERVICES,
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("started an embedded server") == 2, first.stderr
+    assert "created database 'devtest'" in first.stderr
+    assert (tmp_path / f"postgres-{ports[0]}" / "data" / "PG_VERSION").is_file()
+    assert not any(listening(port) for port in ports), "servers were left running"
+
+    again = run_devservices(
+        env,
+        "run",
+        "--create-db",
+        "--state-dir",
+        str(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        CHECK_DATA_KEPT,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "initialising" not in again.stderr
+    assert "database 'devtest' already exists" in again.stderr
+    assert not any(listening(port) for port in ports), "servers were left running"
+
+
+@pytest.mark.slow
+def test_child_exit_code_is_propagated_and_servers_stopped(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    result = run_devservices(
+        service_env(*ports),
+        *("run", "--state-dir", str(tmp_path), "--", sys.executable, "-c", "raise SystemExit(7)"),
+    )
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.count("stopped the embedded server") == 2, result.stderr
+    assert not any(listening(port) for port in ports)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_is_forwarded_once_and_servers_stopped(
+    tmp_path: Path, ports: tuple[int, int], signum: signal.Signals
+) -> None:
+    process = subprocess.Popen(
+        devservices_command(
+            "run", "--state-dir", str(tmp_path), "--", sys.executable, "-c", COUNT_SIGNALS
+        ),
+        env=service_env(*ports),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # no controlling terminal: signals come only from us
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline() != "ready\n":
+            pytest.fail(f"CMD did not start:\n{process.communicate(timeout=RUN_TIMEOUT)[1]}")
+        assert all(listening(port) for port in ports)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        process.kill()
+    assert f"received {signum.name}\n" in stdout, stdout + stderr
+    assert process.returncode == 3, stderr
+    assert not any(listening(port) for port in ports)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_reaches_the_child_once(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    """Ctrl-C in a terminal goes to the whole process group; it must not be forwarded again."""
+    command = devservices_command(
+        "run", "--state-dir", str(tmp_path), "--", sys.executable, "-c", COUNT_SIGNALS
+    )
+    pid, terminal = pty.fork()
+    if pid == 0:  # child: a new session whose controlling terminal is the pty
+        try:
+            os.chdir(REPO_ROOT)
+            os.execve(sys.executable, command, service_env(*ports))  # noqa: S606
+        finally:
+            os._exit(127)  # never return into pytest in the forked child
+    output = bytearray()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    status: int | None = None
+    try:
+        read_terminal(terminal, output, b"ready", deadline)
+        if b"ready" not in output:
+            pytest.fail(f"CMD did not start:\n{output.decode(errors='replace')}")
+        os.write(terminal, b"\x03")  # what pressing Ctrl-C sends
+        read_terminal(terminal, output, None, deadline)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        if status is None:  # failed half-way: let devservices clean up after itself
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+    assert status is not None
+    text = output.decode(errors="replace")
+    assert "received SIGINT\r\n" in text, text
+    assert os.waitstatus_to_exitcode(status) == 3, text
+    assert text.count("stopped the embedded server") == 2, text
+    assert not any(listening(port) for port in ports)
+
+
+def test_running_services_are_reused_and_left_running(
+    tmp_path: Path, machine_services: dict[str, str]
+) -> None:
+    result = run_devservices(
+        machine_services,
+        "run",
+        "--state-dir",
+        str(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+        as_module=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("reusing the server that answers there") == 2, result.stderr
+    assert "started" not in result.stderr
+    assert "stopped" not in result.stderr
+    assert listening(5432)
+    assert listening(6379)
+    assert not any(tmp_path.iterdir()), "nothing should have been started"
+
+
+def test_death_by_signal_becomes_128_plus_signal(
+    tmp_path: Path, machine_services: dict[str, str]
+) -> None:
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    result = run_devservices(
+        machine_services,
+        "run",
+        "--state-dir",
+        str(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        suicide,
+        as_module=False,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+
+
+def test_unrunnable_command_exits_127(tmp_path: Path, machine_services: dict[str, str]) -> None:
+    result = run_devservices(
+        machine_services,
+        "run",
+        "--state-dir",
+        str(tmp_path),
+        "--",
+        str(tmp_path / "missing"),
+        as_module=False,
+    )
+    assert result.returncode == 127
+    assert "cannot run" in result.stderr
+
+
+def test_missing_command_is_an_error(tmp_path: Path, ports: tuple[int, int]) -> None:
+    result = run_devservices(
+        service_env(*ports), "run", "--state-dir", str(tmp_path), as_module=False
+    )
+    assert result.returncode == 1
+    assert "no command given" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_unreachable_remote_service_is_an_error(tmp_path: Path, ports: tuple[int, int]) -> None:
+    env = service_env(*ports)
+    env["DATABASE_URL"] = "postgresql+psycopg://postgres@db.invalid:5432/devtest"
+    marker = tmp_path / "child-ran"
+    result = run_devservices(
+        env, "run", "--state-dir", str(tmp_path), "--", "touch", str(marker), as_module=False
+    )
+    assert result.returncode == 1
+    assert "db.invalid:5432 does not answer, and it is not local" in result.stderr
+    assert not marker.exists()
+    assert not any(listening(port) for port in ports)
+
+
+def test_check_reports_each_service(ports: tuple[int, int]) -> None:
+    result = run_devservices(service_env(*ports), "check", as_module=False)
+    assert result.returncode == 1
+    assert f"PostgreSQL at 127.0.0.1:{ports[0]}: does NOT answer" in result.stderr
+    assert f"Redis at 127.0.0.1:{ports[1]}: does NOT answer" in result.stderr
+
+
+def test_check_succeeds_when_services_answer(machine_services: dict[str, str]) -> None:
+    result = run_devservices(machine_services, "check", as_module=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(": answers") == 2
