@@ -55,9 +55,8 @@ def test_metrics_aggregate_across_two_workers(server_env):
 def test_ten_database_sleeps_overlap_on_one_gevent_worker(server_env):
     # Timing lives in bench/gevent_io.py; here the property itself: one process served all
     # ten at once, i.e. every sleep began before any of them ended.
-    with gunicorn(APP, workers=1, env=server_env) as (_, base):
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            answers = list(pool.map(lambda _: get(f"{base}/_test/sleep?seconds=0.5"), range(10)))
+    with gunicorn(APP, workers=1, env=server_env) as (_, base), ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: get(f"{base}/_test/sleep?seconds=0.5"), range(10)))
     assert all(status == 200 for status, _ in answers)
     spans = [json.loads(body) for _, body in answers]
     assert max(s["started"] for s in spans) < min(s["ended"] for s in spans)
