@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pty
+import random
 import select
 import signal
 import socket
@@ -54,11 +55,23 @@ sys.exit(3)
 """
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """Distinct TCP ports nothing listens on right now.
+
+    They are picked below Linux's ephemeral range (32768+), where ``bind(port 0)`` and
+    outgoing connections take theirs, so nothing else grabs one before our server binds it.
+    """
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(20000, 32768)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def listening(port: int) -> bool:
@@ -117,7 +130,8 @@ def read_terminal(terminal: int, output: bytearray, until: bytes | None, deadlin
 @pytest.fixture
 def ports() -> tuple[int, int]:
     """Free ports for PostgreSQL and Redis."""
-    return free_port(), free_port()
+    pg_port, redis_port = free_ports(2)
+    return pg_port, redis_port
 
 
 @pytest.fixture
@@ -158,34 +172,15 @@ def test_run_starts_servers_stops_them_and_keeps_the_data(
     tmp_path: Path, ports: tuple[int, int]
 ) -> None:
     env = service_env(*ports)
-    first = run_devservices(
-        env,
-        "run",
-        "--create-db",
-        "--state-dir",
-        str(tmp_path),
-        "--",
-        sys.executable,
-        "-c",
-        CHECK_SERVICES,
-    )
+    run_args = ("run", "--create-db", "--state-dir", str(tmp_path), "--")
+    first = run_devservices(env, *run_args, sys.executable, "-c", CHECK_SERVICES)
     assert first.returncode == 0, first.stderr
     assert first.stderr.count("started an embedded server") == 2, first.stderr
     assert "created database 'devtest'" in first.stderr
     assert (tmp_path / f"postgres-{ports[0]}" / "data" / "PG_VERSION").is_file()
     assert not any(listening(port) for port in ports), "servers were left running"
 
-    again = run_devservices(
-        env,
-        "run",
-        "--create-db",
-        "--state-dir",
-        str(tmp_path),
-        "--",
-        sys.executable,
-        "-c",
-        CHECK_DATA_KEPT,
-    )
+    again = run_devservices(env, *run_args, sys.executable, "-c", CHECK_DATA_KEPT)
     assert again.returncode == 0, again.stderr
     assert "initialising" not in again.stderr
     assert "database 'devtest' already exists" in again.stderr
@@ -229,7 +224,9 @@ def test_signal_is_forwarded_once_and_servers_stopped(
         process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
     finally:
-        process.kill()
+        if process.poll() is None:  # failed half-way: let devservices clean up after itself
+            process.terminate()
+            process.wait(timeout=RUN_TIMEOUT)
     assert f"received {signum.name}\n" in stdout, stdout + stderr
     assert process.returncode == 3, stderr
     assert not any(listening(port) for port in ports)
