@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app. Invalid configuration raises `ConfigError` (exit status 1)."""
     settings = settings or load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format, sql=settings.log_sql)
-    app = Flask(__name__)
+    app = Flask("myapp")
     app.json.sort_keys = False  # keep `success` first, as API.md shows it
     app.config.from_mapping(flask_config(settings))
     app.extensions["settings"] = settings

@@ -103,8 +103,11 @@ def mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return {key: mask_value(key, value) for key, value in event_dict.items()}
 
 
-def _drop_color_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _drop_duplicates(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """stdlib records carry their text again as `message` (and uvicorn-style `color_message`)."""
     event_dict.pop("color_message", None)
+    if event_dict.get("message") == event_dict.get("event"):
+        event_dict.pop("message", None)
     return event_dict
 
 
@@ -115,7 +118,7 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _drop_color_message,
+        _drop_duplicates,
     ]
 
 
@@ -160,6 +163,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json", sql: bool = Fal
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if sql else logging.WARNING)
+    logging.captureWarnings(True)  # `warnings.warn` from libraries: same pipeline, masked
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -70,7 +70,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_expires": 86_400,
         "task_ignore_result": True,
-        "worker_pool": settings.celery_pool,
+        # The pool is chosen with `--pool` on the command line (Procfile, entrypoint), where
+        # Celery patches early enough; `worker_pool` here would be too late for gevent.
         "worker_concurrency": settings.celery_concurrency,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
@@ -78,6 +79,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "redbeat_redis_url": settings.broker_url,
         "redbeat_key_prefix": f"{settings.redis_prefix}redbeat:",
+        "redbeat_redis_options": {
+            "retry_period": 60,
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+            "health_check_interval": settings.redis_health_check_interval,
+        },
         "redbeat_lock_timeout": 300,
         "beat_max_loop_interval": 60,
         "beat_schedule": {
