@@ -90,12 +90,12 @@ def service_env(pg_port: int, redis_port: int) -> dict[str, str]:
 def devservices_command(*args: str, as_module: bool = True) -> list[str]:
     """``python -m myapp.devservices ARGS``, as ``make`` runs it.
 
-    With ``as_module=False`` it is ``python myapp/devservices.py ARGS`` instead, which skips
-    importing the (slow to import) ``myapp`` package; the fast tests use that.
+    With ``as_module=False`` it is ``python myapp/devservices ARGS`` instead (the package
+    directory run by path), which skips importing the ``myapp`` package; the fast tests use that.
     """
     if as_module:
         return [sys.executable, "-m", "myapp.devservices", *args]
-    return [sys.executable, str(REPO_ROOT / "myapp" / "devservices.py"), *args]
+    return [sys.executable, str(REPO_ROOT / "myapp" / "devservices"), *args]
 
 
 def run_devservices(
