@@ -12,23 +12,30 @@ from typing import Any
 from flask import Flask
 from gevent import monkey
 
-from myapp.cli import register_cli
+from myapp.audit.routes import blp as audit_blp
+from myapp.auth import tokens
+from myapp.auth.routes import blp as auth_blp
+from myapp.cli import register_cli, register_seeder
 from myapp.core.api import api
 from myapp.core.context import register_request_context
+from myapp.core.crypto import Crypto, KeyRing, decode_key
 from myapp.core.db import engine_options, install_sql_comments
 from myapp.core.errors import register_error_handlers
 from myapp.core.logging import configure_logging, register_access_log
 from myapp.core.metrics import register_metrics
 from myapp.core.redis import create_redis
-from myapp.core.security import register_security, relax_csp_for_docs
+from myapp.core.security import register_security, relax_csp_for_docs, set_authenticator
 from myapp.core.tasks import init_celery
-from myapp.extensions import cache, db, migrate, socketio
+from myapp.extensions import cache, db, jwt, limiter, migrate, socketio
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.settings import Settings, load_settings
+from myapp.users import seed as users_seed
+from myapp.users.cli import crypto_cli, users_cli
+from myapp.users.routes import blp as users_blp
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-BLUEPRINTS = (health_blp, meta_blp)
+BLUEPRINTS = (health_blp, meta_blp, auth_blp, users_blp, audit_blp)
 SECURITY_SCHEMES = {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
 
 
@@ -46,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_blueprints(app, settings)
     register_metrics(app, settings)
     register_cli(app)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(crypto_cli)
+    register_seeder(app, users_seed.seed)
     return app
 
 
@@ -70,6 +80,17 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "CACHE_REDIS_URL": settings.cache_url,
         "CACHE_KEY_PREFIX": f"{settings.redis_prefix}cache:",
         "CACHE_DEFAULT_TIMEOUT": 300,
+        "RATELIMIT_STORAGE_URI": settings.redis_url,
+        "RATELIMIT_STORAGE_OPTIONS": {
+            # The limits library prefixes keys itself ("LIMITS:" by default): keep ours.
+            "key_prefix": f"{settings.redis_prefix}ratelimit",
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+        },
+        "RATELIMIT_STRATEGY": "fixed-window",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,  # fail open: an outage must not lock users out
+        **tokens.jwt_config(settings),
     }
 
 
@@ -82,10 +103,18 @@ def register_request_hooks(app: Flask) -> None:
 def register_extensions(app: Flask, settings: Settings) -> None:
     """init_app every extension; create (not connect) the Redis clients and Celery."""
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=False)
     install_sql_comments()
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     cache.init_app(app)
+    limiter.init_app(app)
+    jwt.init_app(app)
+    tokens.install_jwt_callbacks()
+    set_authenticator(app, tokens.authenticate)
+    app.extensions["crypto"] = Crypto(
+        ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
+        index_key=decode_key(settings.blind_index_key.get_secret_value()),
+    )
     register_security(app, settings)
     redis = create_redis(settings.redis_url, settings)
     app.extensions["redis"] = redis

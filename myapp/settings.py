@@ -25,17 +25,28 @@ DEV_ENVS = frozenset({"local", "dev", "test"})
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "insecure", "placeholder", "dev-only", "example")
 _DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"  # noqa: S105 - refused outside dev
+#: Development key ring and blind-index key (base64 of fixed bytes): refused outside dev.
+_DEV_ENCRYPTION_KEYS = "dev1:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE="
+_DEV_BLIND_INDEX_KEY = "ZGV2LW9ubHktYmxpbmQtaW5kZXgta2V5LTMyYnl0ZSE="  # noqa: S105
 
 #: Defaults that depend on the profile; anything set explicitly wins.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "local": {
         "log_format": "console",
+        "admin_email": "admin@example.com",
+        "admin_password": "dev-only-admin-password",
         "api_docs_enabled": True,
         "cors_origins": "http://localhost:3000,http://localhost:5173",
         "shutdown_drain_seconds": 0,
     },
     "test": {"log_format": "json", "api_docs_enabled": True, "cors_origins": "", "db_pool_size": 5},
-    "dev": {"log_format": "json", "api_docs_enabled": True, "cors_origins": ""},
+    "dev": {
+        "log_format": "json",
+        "api_docs_enabled": True,
+        "cors_origins": "",
+        "admin_email": "admin@example.com",
+        "admin_password": "dev-only-admin-password",
+    },
     "stage": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
     "prod": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
 }
@@ -46,6 +57,13 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def _uses_dev_key(keys: SecretStr) -> bool:
+    dev_secret = _DEV_ENCRYPTION_KEYS.split(":", 1)[1]
+    return any(
+        item.split(":", 1)[-1].strip() == dev_secret for item in keys.get_secret_value().split(",")
+    )
 
 
 def _is_placeholder(secret: str) -> bool:
@@ -116,6 +134,18 @@ class Settings(BaseSettings):
     celery_pool: Literal["gevent", "prefork", "solo", "threads"] = "gevent"
     celery_concurrency: int = Field(50, ge=1)
 
+    jwt_access_token_expires: int = Field(900, ge=60, description="seconds")
+    jwt_refresh_token_expires: int = Field(7 * 24 * 3600, ge=300, description="seconds")
+
+    encryption_keys: SecretStr = SecretStr(_DEV_ENCRYPTION_KEYS)
+    blind_index_key: SecretStr = SecretStr(_DEV_BLIND_INDEX_KEY)
+
+    password_hash_threads: int = Field(1, ge=1, le=16)
+    ratelimit_login_per_ip: str = "10/minute"
+    ratelimit_login_per_account: str = "5/minute"
+    ratelimit_refresh: str = "30/minute"
+    ratelimit_register: str = "5/minute"
+
     admin_email: str | None = None
     admin_password: SecretStr | None = None
 
@@ -146,6 +176,27 @@ class Settings(BaseSettings):
                 f"must be a real secret of at least {MIN_SECRET_LENGTH} characters "
                 "(placeholders are refused outside local/dev/test)"
             )
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _key_ring(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        from myapp.core.crypto import parse_key_ring
+
+        parse_key_ring(value.get_secret_value())  # ValueError names the problem, not the key
+        if info.data.get("app_env", "local") not in DEV_ENVS and _uses_dev_key(value):
+            raise ValueError("the development key ring is refused outside local/dev/test")
+        return value
+
+    @field_validator("blind_index_key")
+    @classmethod
+    def _blind_index_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        from myapp.core.crypto import decode_key
+
+        decode_key(value.get_secret_value())
+        dev_env = info.data.get("app_env", "local") in DEV_ENVS
+        if not dev_env and value.get_secret_value() == _DEV_BLIND_INDEX_KEY:
+            raise ValueError("the development key is refused outside local/dev/test")
         return value
 
     @field_validator("admin_password")

@@ -30,8 +30,16 @@ from sqlalchemy import make_url
 from myapp import create_app
 from myapp.extensions import db
 from myapp.settings import Settings
+from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
 
+#: Non-placeholder secrets, so a test can boot the stage/prod profiles (never used anywhere else).
+PROD_SECRETS = {
+    "secret_key": "t" * 40 + "-test-only",
+    "jwt_secret_key": "j" * 40 + "-test-only",
+    "encryption_keys": "k1:" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+    "blind_index_key": "SUpLTE1OT1BRUlNUVVZXWFlaYWJjZGVmZ2hpamtsbW4=",
+}
 RUN_ID = os.environ.get("TEST_RUN_ID") or secrets.token_hex(3)
 TEST_DB_NAME = f"myapp_test_{RUN_ID}"
 TEST_APP_NAME = f"myapp-{RUN_ID}"
@@ -93,6 +101,7 @@ def database_url() -> Iterator[str]:
     app = create_app(make_settings(database_url=url))
     with app.app_context():
         upgrade()
+        seed_roles()  # reference data every test may rely on (committed once)
         db.engine.dispose()
     yield url
     drop_database(TEST_DB_NAME)
@@ -104,6 +113,9 @@ def app(database_url: str) -> Iterator[Flask]:
     application = create_app(make_settings(database_url=database_url))
     register_test_routes(application)
     yield application
+    clear_redis_prefix(
+        application.extensions["redis"], application.extensions["settings"].redis_prefix
+    )
     with application.app_context():
         db.engine.dispose()
 
@@ -203,3 +215,50 @@ def logs(app: Flask) -> Iterator[LogCapture]:
         yield LogCapture(stream)
     finally:
         root.removeHandler(handler)
+
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="session")
+def password_hash(app: Flask) -> str:
+    """One real argon2id hash of `PASSWORD`, reused so that test users are cheap to make."""
+    from myapp.auth.passwords import hash_password
+
+    with app.app_context():
+        return hash_password(PASSWORD)
+
+
+@pytest.fixture
+def make_user(app: Flask, db_session: Any, password_hash: str) -> Callable[..., Any]:
+    """Insert a user (password `PASSWORD`) inside the test transaction."""
+    from sqlalchemy import select
+
+    from myapp.users.models import Role, User
+
+    counter = iter(range(1_000_000))
+
+    def factory(*, roles: tuple[str, ...] = ("user",), phone: str | None = None, **fields: Any):
+        n = next(counter)
+        values = {"email": f"user{n}@example.com", "name": f"User {n}", **fields}
+        user = User(password_hash=password_hash, **values)
+        if phone:
+            user.phone = phone
+        user.roles = list(db_session.execute(select(Role).where(Role.name.in_(roles))).scalars())
+        db_session.add(user)
+        db_session.flush()
+        return user
+
+    return factory
+
+
+def login(client: FlaskClient, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    """Log in through the API; return the token pair (fails the test otherwise)."""
+    response = client.post("/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    """Authorization header for a token pair."""
+    return {"Authorization": f"Bearer {tokens['accessToken']}"}

@@ -33,9 +33,10 @@ import marshmallow as ma
 from sqlalchemy import Select, func, literal, select, tuple_
 
 from myapp.core.errors import AppError
+from myapp.core.security import require_auth
 from myapp.extensions import db
 
-PageKind = Literal["offset", "cursor"]
+PageKind = Literal["offset", "cursor", "any"]
 MAX_PER_PAGE = 100
 
 
@@ -95,6 +96,17 @@ class CursorMetaSchema(Schema):
     has_more = ma.fields.Boolean(required=True)
 
 
+class AnyPageMetaSchema(Schema):
+    """Paging of a list that offers both modes: offset fields or cursor fields."""
+
+    page = ma.fields.Integer()
+    per_page = ma.fields.Integer()
+    total = ma.fields.Integer()
+    total_pages = ma.fields.Integer()
+    next_cursor = ma.fields.String(allow_none=True)
+    has_more = ma.fields.Boolean()
+
+
 class OffsetPageArgs(Schema):
     """`?page=1&perPage=20` (max 100)."""
 
@@ -117,13 +129,17 @@ class Page:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-_META_SCHEMAS: dict[str, type[Schema]] = {"offset": OffsetMetaSchema, "cursor": CursorMetaSchema}
-_envelope_cache: dict[tuple[int, str | None], type[ma.Schema]] = {}
+_META_SCHEMAS: dict[str, type[Schema]] = {
+    "offset": OffsetMetaSchema,
+    "cursor": CursorMetaSchema,
+    "any": AnyPageMetaSchema,
+}
+_envelope_cache: dict[tuple[Any, ...], type[ma.Schema]] = {}
 
 
 def success_envelope(schema: ma.Schema, page: PageKind | None = None) -> ma.Schema:
     """Schema of `{"success": true, "data": <schema>, "meta": <paging>}`."""
-    key = (id(schema), page)
+    key = (type(schema), schema.many, schema.only, tuple(schema.exclude), page)
     if key not in _envelope_cache:
         fields: dict[str, ma.fields.Field] = {
             "success": ma.fields.Boolean(required=True, metadata={"example": True}),
@@ -171,6 +187,19 @@ class Blueprint(flask_smorest.Blueprint):
                 return (wrapped, *rest) if rest else wrapped
 
             return outer(enveloped)
+
+        return decorator
+
+    def auth(self, permission: str | None = None) -> Callable:
+        """Require a bearer token (and `permission`), and say so in the OpenAPI document."""
+
+        def decorator(view: Callable) -> Callable:
+            guarded = require_auth(permission)(view)
+            guarded = self.doc(security=[{"bearerAuth": []}])(guarded)
+            guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
+            if permission:
+                guarded = self.alt_response(403, response="FORBIDDEN")(guarded)
+            return guarded
 
         return decorator
 

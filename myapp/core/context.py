@@ -27,11 +27,32 @@ class Actor:
 
     type: str
     id: str | None = None
+    roles: frozenset[str] = frozenset()
+    permissions: frozenset[str] = frozenset()
+    session_id: str | None = None
+
+    @property
+    def is_user(self) -> bool:
+        """True for an authenticated user."""
+        return self.type == "user"
+
+    def can(self, permission: str) -> bool:
+        """True when the actor holds `permission`."""
+        return permission in self.permissions
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Where the request came from (after trusted-proxy handling)."""
+
+    ip: str | None = None
+    user_agent: str | None = None
 
 
 ANONYMOUS = Actor(type="anonymous")
 SYSTEM = Actor(type="system")
 actor_var: ContextVar[Actor] = ContextVar("actor", default=ANONYMOUS)
+client_var: ContextVar[Client] = ContextVar("client", default=Client())  # noqa: B039 - frozen
 
 
 def new_request_id() -> str:
@@ -68,10 +89,16 @@ def current_actor() -> Actor:
     return actor_var.get()
 
 
+def current_client() -> Client:
+    """The current request's client address and user agent."""
+    return client_var.get()
+
+
 def clear_context() -> None:
     """Forget the request id and actor at the end of a request or task."""
     request_id_var.set(None)
     actor_var.set(ANONYMOUS)
+    client_var.set(Client())
     structlog.contextvars.clear_contextvars()
 
 
@@ -83,6 +110,8 @@ def register_request_context(app: Flask) -> None:
         g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
         bind_request_id(g.request_id)
         bind_actor(ANONYMOUS)
+        agent = request.user_agent.string[:300] or None
+        client_var.set(Client(ip=request.remote_addr, user_agent=agent))
 
     @app.after_request
     def _echo_request_id(response: Response) -> Response:

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from myapp.core.context import Actor
 from myapp.core.errors import AppError
 from myapp.extensions import cors, talisman
 from myapp.settings import Settings
@@ -114,6 +115,31 @@ def allow_only_from(networks_of: Callable[[], list[Any]]) -> Callable:
         def guarded(*args: Any, **kwargs: Any) -> Any:
             if not ip_allowed(request.remote_addr, networks_of()):
                 raise AppError("FORBIDDEN", "Not allowed from this address.")
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorator
+
+
+def set_authenticator(app: Flask, authenticate: Callable[[], Actor]) -> None:
+    """Install the function that verifies credentials and binds the actor (auth does)."""
+    app.extensions["authenticate"] = authenticate
+
+
+def require_auth(permission: str | None = None) -> Callable:
+    """Decorator: 401 unless authenticated; 403 `FORBIDDEN` without `permission` (RBAC).
+
+    Object-level rules (ABAC) belong to the domain's policies, which answer 404 for objects
+    the caller may not see.
+    """
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            actor = current_app.extensions["authenticate"]()
+            if permission and not actor.can(permission):
+                raise AppError("FORBIDDEN", f"Requires permission {permission}.")
             return view(*args, **kwargs)
 
         return guarded

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from myapp.core.logging import get_logger, mask_value, scrub_text
+from tests.conftest import PROD_SECRETS
 
 PASSWORD = "Sup3r-Secret-Passw0rd"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJlLXZhbHVl"
@@ -21,8 +22,7 @@ def run_app_in(env_name: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "APP_ENV": env_name,
-        "SECRET_KEY": "k" * 40 + "-real",
-        "JWT_SECRET_KEY": "j" * 40 + "-real",
+        **{name.upper(): value for name, value in PROD_SECRETS.items()},
         "LOG_FORMAT": "",
     }
     env.pop("LOG_FORMAT")

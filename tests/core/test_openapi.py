@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from openapi_spec_validator import validate
 
+from tests.conftest import PROD_SECRETS
+
 
 def test_spec_validates_and_declares_bearer_auth(make_app):
     spec = make_app().test_client().get("/openapi.json").get_json()
@@ -34,9 +36,8 @@ def test_spec_shows_the_envelopes_as_served(make_app):
 
 
 def test_docs_off_in_prod_unless_enabled(make_app):
-    secrets = {"secret_key": "a" * 40, "jwt_secret_key": "b" * 40}
-    prod = make_app(app_env="prod", **secrets).test_client()
+    prod = make_app(app_env="prod", **PROD_SECRETS).test_client()
     assert prod.get("/docs").status_code == 404
     assert prod.get("/openapi.json").status_code == 404
-    enabled = make_app(app_env="prod", api_docs_enabled=True, **secrets).test_client()
+    enabled = make_app(app_env="prod", api_docs_enabled=True, **PROD_SECRETS).test_client()
     assert enabled.get("/openapi.json").status_code == 200

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import PROD_SECRETS
+
 ROUTES = ["/health/live", "/v1/meta/error-codes", "/v1/nope", "/metrics", "/openapi.json"]
 
 
@@ -26,7 +28,7 @@ def test_docs_page_gets_a_csp_that_lets_swagger_ui_load(client):
 
 
 def test_hsts_only_in_prod_behind_https(make_app):
-    prod = make_app(app_env="prod", secret_key="a" * 40, jwt_secret_key="b" * 40)
+    prod = make_app(app_env="prod", **PROD_SECRETS)
     https = {"X-Forwarded-Proto": "https"}
     assert (
         "max-age=31536000"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from myapp.settings import ConfigError, load_settings
+from tests.conftest import PROD_SECRETS
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -78,8 +79,8 @@ def test_dev_profiles_accept_the_built_in_dev_secret(monkeypatch):
 
 def test_profile_defaults_and_explicit_values(monkeypatch):
     monkeypatch.setenv("APP_ENV", "prod")
-    monkeypatch.setenv("SECRET_KEY", "a" * 40)
-    monkeypatch.setenv("JWT_SECRET_KEY", "b" * 40)
+    for name, value in PROD_SECRETS.items():
+        monkeypatch.setenv(name.upper(), value)
     prod = load_settings(_env_file=None)
     assert (prod.log_format, prod.api_docs_enabled, prod.cors_origins) == ("json", False, [])
     monkeypatch.setenv("API_DOCS_ENABLED", "true")

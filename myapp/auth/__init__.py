@@ -1,0 +1,1 @@
+"""Auth: passwords, login sessions, JWT access/refresh tokens with rotation, permissions."""

@@ -1,0 +1,138 @@
+"""`/v1/auth`: register, login, refresh, logout, sessions, password."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_limiter.util import get_remote_address
+
+from myapp.auth import service
+from myapp.auth.schemas import (
+    LoginSchema,
+    PasswordChangeSchema,
+    RefreshSchema,
+    RegisterSchema,
+    SessionSchema,
+    TokenPairSchema,
+)
+from myapp.core.api import Blueprint
+from myapp.core.context import current_actor
+from myapp.extensions import limiter
+from myapp.users import service as users_service
+from myapp.users.schemas import UserSchema, present_user
+
+blp = Blueprint("auth", __name__, url_prefix="/v1/auth", description="Login and tokens")
+
+
+def _limit(name: str) -> Any:
+    return lambda: getattr(current_app.extensions["settings"], name)
+
+
+def _account_key() -> str:
+    """Per-account login budget, keyed by a hash of the e-mail (no address in Redis)."""
+    body = request.get_json(silent=True) or {}
+    email = str(body.get("email", "")).strip().lower()
+    return "login-account:" + hashlib.sha256(email.encode()).hexdigest()
+
+
+def _failed(response: Any) -> bool:
+    return response.status_code == 401
+
+
+@blp.route("/register")
+class Register(MethodView):
+    """Sign-up."""
+
+    @limiter.limit(_limit("ratelimit_register"), key_func=get_remote_address)
+    @blp.doc(security=[])
+    @blp.arguments(RegisterSchema)
+    @blp.response(201, UserSchema)
+    @blp.alt_response(409, response="CONFLICT")
+    def post(self, body: dict) -> dict:
+        """Create an account with the `user` role."""
+        user = users_service.register(**body)
+        return present_user(user, current_actor())
+
+
+@blp.route("/login")
+class Login(MethodView):
+    """Login."""
+
+    @limiter.limit(_limit("ratelimit_login_per_ip"), key_func=get_remote_address)
+    @limiter.limit(
+        _limit("ratelimit_login_per_account"), key_func=_account_key, deduct_when=_failed
+    )
+    @blp.doc(security=[])
+    @blp.arguments(LoginSchema)
+    @blp.response(200, TokenPairSchema)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    def post(self, body: dict) -> dict:
+        """Exchange e-mail and password for an access and a refresh token."""
+        return service.login(email=body["email"], password=body["password"])
+
+
+@blp.route("/refresh")
+class Refresh(MethodView):
+    """Token rotation."""
+
+    @limiter.limit(_limit("ratelimit_refresh"), key_func=get_remote_address)
+    @blp.doc(security=[])
+    @blp.arguments(RefreshSchema)
+    @blp.response(200, TokenPairSchema)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    def post(self, body: dict) -> dict:
+        """Spend a refresh token for a new pair; a spent one revokes its whole login."""
+        return service.refresh(refresh_token=body["refresh_token"])
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    """Logout."""
+
+    @blp.auth()
+    @blp.response(204)
+    def post(self) -> None:
+        """End this login: the access token and its refresh family stop working at once."""
+        service.logout()
+
+
+@blp.route("/sessions")
+class Sessions(MethodView):
+    """The caller's logins."""
+
+    @blp.auth()
+    @blp.response(200, SessionSchema(many=True))
+    def get(self) -> list:
+        """Open logins, most recently used first; `current` marks this one."""
+        return service.list_sessions(actor=current_actor())
+
+
+@blp.route("/sessions/<uuid:session_id>")
+class Session(MethodView):
+    """One login."""
+
+    @blp.auth()
+    @blp.response(204)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def delete(self, session_id: uuid.UUID) -> None:
+        """End that login; its tokens stop working."""
+        service.revoke_session(session_id=session_id, actor=current_actor())
+
+
+@blp.route("/password")
+class Password(MethodView):
+    """Password change."""
+
+    @blp.auth()
+    @blp.arguments(PasswordChangeSchema)
+    @blp.response(204)
+    def post(self, body: dict) -> None:
+        """Change the caller's password; every existing token of theirs stops working."""
+        service.change_password(
+            current_password=body["current_password"], new_password=body["new_password"]
+        )

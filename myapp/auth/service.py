@@ -1,0 +1,243 @@
+"""Auth use cases: login, refresh (rotation + reuse detection), logout, sessions, passwords.
+
+Every use case owns its unit of work; audit rows commit with the change they describe.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_jwt_extended import get_jwt
+from sqlalchemy import select, update
+
+from myapp.audit import service as audit
+from myapp.audit.models import AuditAction
+from myapp.auth import passwords, tokens
+from myapp.auth.models import AuthSession, RefreshToken
+from myapp.core.context import Actor, current_actor, current_client
+from myapp.core.db import new_id, unit_of_work
+from myapp.core.errors import AppError
+from myapp.extensions import db
+from myapp.users import service as users_service
+
+hash_password = passwords.hash_password
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A login as the caller sees it."""
+
+    id: uuid.UUID
+    created_at: datetime
+    last_used_at: datetime
+    ip: str | None
+    user_agent: str | None
+    current: bool
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _open_session(user: Any) -> dict[str, Any]:
+    """Start a login session with its first refresh token; return the token pair."""
+    client = current_client()
+    session = AuthSession(
+        id=new_id(),
+        user_id=user.id,
+        expires_at=tokens.refresh_expiry(),
+        ip=client.ip,
+        user_agent=client.user_agent,
+    )
+    db.session.add(session)
+    refresh = RefreshToken(
+        id=new_id(),
+        session_id=session.id,
+        expires_at=session.expires_at,
+        ip=client.ip,
+        user_agent=client.user_agent,
+    )
+    db.session.add(refresh)
+    return tokens.issue_pair(user=user, session_id=session.id, refresh_id=refresh.id)
+
+
+def login(*, email: str, password: str) -> dict[str, Any]:
+    """Check credentials; same answer and similar time for unknown email and wrong password."""
+    user = users_service.find_for_login(email=email)
+    if user is None:
+        passwords.burn_verification(password)
+        ok = False
+    else:
+        ok = passwords.verify_password(user.password_hash, password) and user.is_active
+    if not ok:
+        with unit_of_work():
+            audit.record(
+                action=AuditAction.LOGIN_FAILED,
+                target_type="user",
+                target_id=user.id if user else None,
+            )
+        raise AppError("AUTH_INVALID_CREDENTIALS", "Email or password is wrong.")
+    with unit_of_work():
+        if passwords.needs_rehash(user.password_hash):
+            user.password_hash = passwords.hash_password(password)
+        pair = _open_session(user)
+        actor = Actor(type="user", id=str(user.id))
+        audit.record(action=AuditAction.LOGIN, target_type="user", target_id=user.id, actor=actor)
+    return pair
+
+
+def _revoke_family(session_id: uuid.UUID) -> None:
+    now = _now()
+    db.session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    db.session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.session_id == session_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def refresh(*, refresh_token: str) -> dict[str, Any]:
+    """Spend `refresh_token` for a new pair. A spent token coming back revokes its family."""
+    claims = tokens.decode_refresh(refresh_token)
+    with unit_of_work():
+        row = db.session.execute(
+            select(RefreshToken)
+            .where(RefreshToken.id == uuid.UUID(claims["jti"]))
+            .with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            raise AppError("AUTH_TOKEN_INVALID")
+        actor = Actor(type="user", id=claims["sub"])
+        if row.used_at is not None:
+            _revoke_family(row.session_id)
+            audit.record(
+                action=AuditAction.TOKEN_REUSE,
+                target_type="auth_session",
+                target_id=row.session_id,
+                actor=actor,
+            )
+            reused = True
+        else:
+            reused = False
+    if reused:  # committed above: the revocation must survive the error answer
+        raise AppError("AUTH_TOKEN_REUSED")
+    return _rotate(row_id=row.id, claims=claims, actor=actor)
+
+
+def _rotate(*, row_id: uuid.UUID, claims: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    with unit_of_work():
+        row = db.session.execute(
+            select(RefreshToken).where(RefreshToken.id == row_id).with_for_update()
+        ).scalar_one()
+        session = db.session.get(AuthSession, row.session_id, with_for_update=True)
+        if row.revoked_at is not None or session is None or session.revoked_at is not None:
+            raise AppError("AUTH_TOKEN_REVOKED")
+        if row.used_at is not None:  # lost a race with a concurrent refresh of the same token
+            raise AppError("AUTH_TOKEN_REUSED")
+        user = users_service.get_active(user_id=uuid.UUID(claims["sub"]))
+        if user is None or user.token_version != claims.get("ver"):
+            raise AppError("AUTH_TOKEN_REVOKED")
+        now, client = _now(), current_client()
+        row.used_at = now
+        session.last_used_at = now
+        session.expires_at = tokens.refresh_expiry()
+        child = RefreshToken(
+            id=new_id(),
+            session_id=session.id,
+            parent_id=row.id,
+            expires_at=session.expires_at,
+            ip=client.ip,
+            user_agent=client.user_agent,
+        )
+        db.session.add(child)
+        audit.record(
+            action=AuditAction.TOKEN_REFRESH,
+            target_type="auth_session",
+            target_id=session.id,
+            actor=actor,
+        )
+        return tokens.issue_pair(user=user, session_id=session.id, refresh_id=child.id)
+
+
+def logout() -> None:
+    """End the caller's login: its access token at once (Redis), its refresh family (DB)."""
+    claims = get_jwt()
+    tokens.denylist_access_token(claims)
+    with unit_of_work():
+        _revoke_family(uuid.UUID(claims["fam"]))
+        audit.record(action=AuditAction.LOGOUT, target_type="auth_session", target_id=claims["fam"])
+
+
+def list_sessions(*, actor: Actor) -> list[SessionView]:
+    """The caller's open logins, most recently used first."""
+    rows = db.session.execute(
+        select(AuthSession)
+        .where(
+            AuthSession.user_id == uuid.UUID(actor.id),
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > _now(),
+        )
+        .order_by(AuthSession.last_used_at.desc())
+    ).scalars()
+    return [
+        SessionView(
+            id=row.id,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            ip=row.ip,
+            user_agent=row.user_agent,
+            current=str(row.id) == actor.session_id,
+        )
+        for row in rows
+    ]
+
+
+def revoke_session(*, session_id: uuid.UUID, actor: Actor) -> None:
+    """End one of the caller's logins (404 for anybody else's)."""
+    with unit_of_work():
+        session = db.session.get(AuthSession, session_id)
+        if session is None or str(session.user_id) != actor.id or session.revoked_at:
+            raise AppError("NOT_FOUND")
+        _revoke_family(session.id)
+        audit.record(
+            action=AuditAction.SESSION_REVOKE, target_type="auth_session", target_id=session.id
+        )
+
+
+def revoke_all_sessions(*, user_id: uuid.UUID) -> None:
+    """End every login of a user (inside the caller's unit of work)."""
+    open_sessions = db.session.execute(
+        select(AuthSession.id).where(
+            AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+        )
+    ).scalars()
+    for session_id in list(open_sessions):
+        _revoke_family(session_id)
+
+
+def token_subject(claims: dict[str, Any]) -> tuple[Any, bool]:
+    """For an access token: its user if still valid for it, and whether its login is open."""
+    user = users_service.get_active(user_id=uuid.UUID(claims["sub"]))
+    if user is None or user.token_version != claims.get("ver"):
+        return None, False
+    session = db.session.get(AuthSession, uuid.UUID(claims["fam"]))
+    return user, session is not None and session.revoked_at is None
+
+
+def change_password(*, current_password: str, new_password: str) -> None:
+    """Change the caller's password; every existing token stops working."""
+    actor = current_actor()
+    user = users_service.get_active(user_id=uuid.UUID(actor.id))
+    if user is None or not passwords.verify_password(user.password_hash, current_password):
+        raise AppError("AUTH_INVALID_CREDENTIALS", "The current password is wrong.")
+    new_hash = passwords.hash_password(new_password)
+    with unit_of_work():
+        users_service.set_password_hash(user=user, password_hash=new_hash)
+        audit.record(action=AuditAction.PASSWORD_CHANGE, target_type="user", target_id=user.id)

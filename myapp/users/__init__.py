@@ -1,0 +1,1 @@
+"""Users: accounts, roles, profile, soft delete, the users API."""

@@ -1,0 +1,74 @@
+"""Users and roles."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, String, Table, Text, Uuid
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from myapp.core.crypto import EncryptedField
+from myapp.core.db import Model, SoftDeleteMixin, TimestampMixin
+from myapp.extensions import db
+
+
+class UserStatus(StrEnum):
+    """Account state; suspended users cannot log in."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+def normalise_phone(value: str) -> str:
+    """Keep a leading `+` and the digits: `+1 (555) 123-4567` -> `+15551234567`."""
+    value = value.strip()
+    return ("+" if value.startswith("+") else "") + re.sub(r"\D", "", value)
+
+
+user_roles = Table(
+    "user_roles",
+    db.metadata,
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role_id", Uuid, ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Role(Model):
+    """A named set of permissions (the map lives in `myapp.auth.permissions`)."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+
+
+class User(Model, TimestampMixin, SoftDeleteMixin):
+    """An account. `email` is stored lower-case; `phone` is encrypted at rest."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'suspended')", name="status"),
+        CheckConstraint("email = lower(email)", name="email_lower"),
+    )
+
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    phone_ciphertext: Mapped[str | None] = mapped_column(Text)
+    phone_bidx: Mapped[str | None] = mapped_column(String(64), index=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    roles: Mapped[list[Role]] = relationship(secondary=user_roles, lazy="selectin")
+
+    phone = EncryptedField("users", "phone", normalise=normalise_phone)
+
+    @property
+    def role_names(self) -> list[str]:
+        """Role names, sorted."""
+        return sorted(role.name for role in self.roles)
+
+    @property
+    def is_active(self) -> bool:
+        """Active and not deleted."""
+        return self.status == UserStatus.ACTIVE and self.deleted_at is None

@@ -1,0 +1,291 @@
+"""User use cases: read, list, create, update, soft delete, restore, roles, seed.
+
+Every public function is keyword-only; each top-level use case owns its unit of work and
+writes its audit row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from myapp.audit import service as audit
+from myapp.audit.models import AuditAction
+from myapp.auth import permissions as perms
+from myapp.core.api import Page, cursor_page, offset_page
+from myapp.core.context import Actor
+from myapp.core.db import unit_of_work
+from myapp.core.errors import AppError
+from myapp.extensions import db
+from myapp.users import policies
+from myapp.users.models import Role, User, UserStatus, user_roles
+
+SORTS = {
+    "createdAt": User.created_at,
+    "email": User.email,
+    "name": User.name,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    """Filters, sort and paging of a user list."""
+
+    sort: str = "-createdAt"
+    status: str | None = None
+    role: str | None = None
+    q: str | None = None
+    include_deleted: bool = False
+    page: int = 1
+    per_page: int = 20
+    cursor: str | None = None
+    limit: int | None = None
+
+
+def normalise_email(email: str) -> str:
+    """E-mail addresses are compared case-insensitively: stored lower-case."""
+    return email.strip().lower()
+
+
+def snapshot(user: User) -> dict[str, Any]:
+    """What the audit log keeps of a user (secrets dropped, phone masked by the audit)."""
+    return {
+        "email": user.email,
+        "name": user.name,
+        "phone": user.phone,
+        "status": user.status,
+        "roles": user.role_names,
+        "deletedAt": user.deleted_at.isoformat() if user.deleted_at else None,
+    }
+
+
+def find_for_login(*, email: str) -> User | None:
+    """The non-deleted user with this e-mail, if any."""
+    return db.session.execute(
+        select(User).where(User.email == normalise_email(email), User.deleted_at.is_(None))
+    ).scalar_one_or_none()
+
+
+def get_active(*, user_id: uuid.UUID) -> User | None:
+    """The user if active and not deleted."""
+    user = db.session.get(User, user_id)
+    return user if user is not None and user.is_active else None
+
+
+def find_by_phone(*, phone: str) -> User | None:
+    """Exact lookup through the blind index (the phone itself is never compared in SQL)."""
+    return db.session.execute(
+        select(User).where(User.phone_bidx == User.phone.lookup_index(phone))
+    ).scalar_one_or_none()
+
+
+def get_user(*, user_id: uuid.UUID, actor: Actor) -> User:
+    """One user the actor may see (404 otherwise; deleted ones only for admins)."""
+    user = db.session.get(User, user_id)
+    if user is not None and user.deleted_at and not policies.may_include_deleted(actor):
+        user = None
+    policies.ensure_visible(actor, user)
+    return user
+
+
+def _roles_named(names: Iterable[str]) -> list[Role]:
+    names = sorted(set(names))
+    unknown = set(names) - set(perms.ROLE_PERMISSIONS)
+    if unknown:
+        raise AppError(
+            "VALIDATION_FAILED",
+            details=[{"field": "roles", "message": f"Unknown role: {r}."} for r in sorted(unknown)],
+        )
+    roles = list(db.session.execute(select(Role).where(Role.name.in_(names))).scalars())
+    if len(roles) != len(names):
+        raise AppError("SERVICE_UNAVAILABLE", "Roles are not seeded; run `flask seed`.")
+    return roles
+
+
+def _list_statement(query: UserQuery) -> Select:
+    statement = select(User)
+    if not query.include_deleted:
+        statement = statement.where(User.deleted_at.is_(None))
+    if query.status:
+        statement = statement.where(User.status == query.status)
+    if query.role:
+        statement = statement.where(
+            User.id.in_(
+                select(user_roles.c.user_id)
+                .join(Role, Role.id == user_roles.c.role_id)
+                .where(Role.name == query.role)
+            )
+        )
+    if query.q:
+        pattern = "%" + query.q.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+        statement = statement.where(or_(User.email.ilike(pattern), User.name.ilike(pattern)))
+    return statement
+
+
+def list_users(*, query: UserQuery, actor: Actor) -> Page:
+    """Users for `users:read` holders; roles load in one extra query for the whole page."""
+    if query.include_deleted and not policies.may_include_deleted(actor):
+        raise AppError("FORBIDDEN", "includeDeleted is for administrators.")
+    if query.sort.lstrip("-") not in SORTS:
+        raise AppError("VALIDATION_FAILED", details=[{"field": "sort", "message": "Unknown sort."}])
+    descending = query.sort.startswith("-")
+    column = SORTS[query.sort.lstrip("-")]
+    statement = _list_statement(query)
+    if query.cursor is not None or query.limit is not None:
+        return cursor_page(
+            statement,
+            keys=[column, User.id],
+            cursor=query.cursor,
+            limit=query.limit or 20,
+            descending=descending,
+        )
+    order = [column.desc(), User.id.desc()] if descending else [column.asc(), User.id.asc()]
+    return offset_page(statement.order_by(*order), page=query.page, per_page=query.per_page)
+
+
+def _add_user(*, email: str, password: str, name: str, phone: str | None, roles: list[str]) -> User:
+    from myapp.auth import service as auth_service
+
+    email = normalise_email(email)
+    if db.session.execute(select(User.id).where(User.email == email)).first():
+        raise AppError("CONFLICT", "This e-mail address is already registered.")
+    user = User(email=email, name=name, password_hash=auth_service.hash_password(password))
+    if phone:
+        user.phone = phone
+    user.roles = _roles_named(roles)
+    db.session.add(user)
+    try:
+        db.session.flush()
+    except IntegrityError:
+        raise AppError("CONFLICT", "This e-mail address is already registered.") from None
+    audit.record(
+        action=AuditAction.CREATE, target_type="user", target_id=user.id, after=snapshot(user)
+    )
+    return user
+
+
+def create_user(  # noqa: PLR0913 - keyword-only fields of a new user
+    *,
+    email: str,
+    password: str,
+    name: str,
+    phone: str | None = None,
+    roles: list[str] | None = None,
+) -> User:
+    """Create an account (409 `CONFLICT` when the e-mail is taken)."""
+    with unit_of_work():
+        return _add_user(
+            email=email,
+            password=password,
+            name=name,
+            phone=phone,
+            roles=roles or [perms.DEFAULT_ROLE],
+        )
+
+
+def register(*, email: str, password: str, name: str) -> User:
+    """Self-service sign-up: a plain `user`."""
+    return create_user(email=email, password=password, name=name)
+
+
+def _revoke_tokens(user: User) -> None:
+    """Every access token issued before now fails its `ver` check; logins end."""
+    from myapp.auth import service as auth_service
+
+    user.token_version += 1
+    auth_service.revoke_all_sessions(user_id=user.id)
+
+
+def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) -> User:
+    """Change profile fields the actor may change (ABAC in `policies`)."""
+    with unit_of_work():
+        user = get_user(user_id=user_id, actor=actor)
+        policies.ensure_may_update(actor, user, changes)
+        before = snapshot(user)
+        if "email" in changes:
+            changes = {**changes, "email": normalise_email(changes["email"])}
+            taken = select(User.id).where(User.email == changes["email"], User.id != user.id)
+            if db.session.execute(taken).first():
+                raise AppError("CONFLICT", "This e-mail address is already registered.")
+        for field, value in changes.items():
+            setattr(user, field, value)
+        if (
+            changes.get("status") == UserStatus.SUSPENDED
+            and before["status"] != UserStatus.SUSPENDED
+        ):
+            _revoke_tokens(user)
+        db.session.flush()
+        audit.record(
+            action=AuditAction.UPDATE,
+            target_type="user",
+            target_id=user.id,
+            before=before,
+            after=snapshot(user),
+        )
+        return user
+
+
+def set_password_hash(*, user: User, password_hash: str) -> None:
+    """Store a new password hash and end every login (inside the caller's unit of work)."""
+    user.password_hash = password_hash
+    _revoke_tokens(user)
+
+
+def delete_user(*, user_id: uuid.UUID, actor: Actor) -> None:
+    """Soft delete: hidden, cannot log in, tokens revoked; restorable."""
+    with unit_of_work():
+        user = get_user(user_id=user_id, actor=actor)
+        if user.deleted_at is not None:
+            raise AppError("NOT_FOUND", "No such user.")
+        before = snapshot(user)
+        user.soft_delete()
+        _revoke_tokens(user)
+        audit.record(
+            action=AuditAction.DELETE,
+            target_type="user",
+            target_id=user.id,
+            before=before,
+            after=snapshot(user),
+        )
+
+
+def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
+    """Undo a soft delete."""
+    with unit_of_work():
+        user = get_user(user_id=user_id, actor=actor)
+        if user.deleted_at is None:
+            raise AppError("CONFLICT", "This user is not deleted.")
+        before = snapshot(user)
+        user.restore()
+        audit.record(
+            action=AuditAction.RESTORE,
+            target_type="user",
+            target_id=user.id,
+            before=before,
+            after=snapshot(user),
+        )
+        return user
+
+
+def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:
+    """Replace a user's roles; their existing tokens stop working."""
+    with unit_of_work():
+        user = get_user(user_id=user_id, actor=actor)
+        before = snapshot(user)
+        user.roles = _roles_named(roles)
+        if sorted(roles) != before["roles"]:
+            _revoke_tokens(user)
+        db.session.flush()
+        audit.record(
+            action=AuditAction.ROLE_CHANGE,
+            target_type="user",
+            target_id=user.id,
+            before={"roles": before["roles"]},
+            after={"roles": user.role_names},
+        )
+        return user
