@@ -59,7 +59,8 @@ class User(Model, TimestampMixin, SoftDeleteMixin):
     password_hash: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
     token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    roles: Mapped[list[Role]] = relationship(secondary=user_roles, lazy="selectin")
+    # Loaded on access for one user; lists ask for selectinload explicitly (no N+1).
+    roles: Mapped[list[Role]] = relationship(secondary=user_roles)
 
     phone = EncryptedField("users", "phone", normalise=normalise_phone)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from myapp.audit import service as audit
 from myapp.audit.models import AuditAction
@@ -108,7 +109,7 @@ def _roles_named(names: Iterable[str]) -> list[Role]:
 
 
 def _list_statement(query: UserQuery) -> Select:
-    statement = select(User)
+    statement = select(User).options(selectinload(User.roles))
     if not query.include_deleted:
         statement = statement.where(User.deleted_at.is_(None))
     if query.status:
