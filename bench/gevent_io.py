@@ -56,7 +56,11 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    report = logging.StreamHandler(sys.stdout)
+    report.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(report)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the app under test configures the root logger its own way
     env = {
         "APP_ENV": "test",
         "DATABASE_URL": os.environ.get(
