@@ -240,8 +240,13 @@ def make_user(app: Flask, db_session: Any, password_hash: str) -> Callable[..., 
 
     def factory(*, roles: tuple[str, ...] = ("user",), phone: str | None = None, **fields: Any):
         n = next(counter)
-        values = {"email": f"user{n}@example.com", "name": f"User {n}", **fields}
-        user = User(password_hash=password_hash, **values)
+        values = {
+            "email": f"user{n}@example.com",
+            "name": f"User {n}",
+            "password_hash": password_hash,
+            **fields,
+        }
+        user = User(**values)
         if phone:
             user.phone = phone
         user.roles = list(db_session.execute(select(Role).where(Role.name.in_(roles))).scalars())

@@ -129,3 +129,26 @@ def test_env_example_as_is_is_a_valid_local_configuration(tmp_path, monkeypatch)
     settings = Settings(_env_file=ROOT / ".env.example")
     assert settings.app_env == "local"
     assert settings.log_format == "console"
+
+
+def test_dev_keys_and_weak_admin_password_are_refused_in_prod(monkeypatch):
+    monkeypatch.setenv("APP_ENV", "prod")
+    for name, value in PROD_SECRETS.items():
+        monkeypatch.setenv(name.upper(), value)
+    monkeypatch.setenv("ENCRYPTION_KEYS", "dev1:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE=")
+    monkeypatch.setenv("BLIND_INDEX_KEY", "ZGV2LW9ubHktYmxpbmQtaW5kZXgta2V5LTMyYnl0ZSE=")
+    monkeypatch.setenv("ADMIN_PASSWORD", "dev-only-admin-password")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    for name in ("ENCRYPTION_KEYS", "BLIND_INDEX_KEY", "ADMIN_PASSWORD"):
+        assert f"- {name}:" in message
+    assert "ZGV2" not in message
+
+
+def test_malformed_key_ring_is_named_without_its_value(monkeypatch):
+    monkeypatch.setenv("ENCRYPTION_KEYS", "k1:dG9vLXNob3J0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    assert "- ENCRYPTION_KEYS: a key must be 32 bytes" in str(caught.value)
+    assert "dG9vLXNob3J0" not in str(caught.value)
