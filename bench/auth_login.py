@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -29,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import make_url
 
+from bench._report import report_logger
 from tests.support.servers import gunicorn
 
-log = logging.getLogger("bench.auth_login")
+log = report_logger("bench.auth_login")
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a throwaway database
 
@@ -117,11 +117,6 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    report = logging.StreamHandler(sys.stdout)
-    report.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(report)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the app under test configures the root logger its own way
     base_db = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
     env = {
         "APP_ENV": "test",

@@ -15,16 +15,16 @@ Needs PostgreSQL and Redis at DATABASE_URL / REDIS_URL (run it inside
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from bench._report import report_logger
 from tests.support.servers import get, gunicorn
 
-log = logging.getLogger("bench.gevent_io")
+log = report_logger("bench.gevent_io")
 
 
 def one_round(base: str, requests: int, sleep: float) -> float:
@@ -56,11 +56,6 @@ def main() -> int:
     parser.add_argument("--sleep", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    report = logging.StreamHandler(sys.stdout)
-    report.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(report)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the app under test configures the root logger its own way
     env = {
         "APP_ENV": "test",
         "DATABASE_URL": os.environ.get(

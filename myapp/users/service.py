@@ -65,6 +65,12 @@ def snapshot(user: User) -> dict[str, Any]:
     }
 
 
+def _audit_user(action: AuditAction, user: User, before: dict[str, Any] | None = None) -> None:
+    audit.record(
+        action=action, target_type="user", target_id=user.id, before=before, after=snapshot(user)
+    )
+
+
 def find_for_login(*, email: str) -> User | None:
     """The non-deleted user with this e-mail, if any."""
     return db.session.execute(
@@ -164,9 +170,7 @@ def _add_user(*, email: str, password: str, name: str, phone: str | None, roles:
         db.session.flush()
     except IntegrityError:
         raise AppError("CONFLICT", "This e-mail address is already registered.") from None
-    audit.record(
-        action=AuditAction.CREATE, target_type="user", target_id=user.id, after=snapshot(user)
-    )
+    _audit_user(AuditAction.CREATE, user)
     return user
 
 
@@ -221,13 +225,7 @@ def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) ->
         ):
             _revoke_tokens(user)
         db.session.flush()
-        audit.record(
-            action=AuditAction.UPDATE,
-            target_type="user",
-            target_id=user.id,
-            before=before,
-            after=snapshot(user),
-        )
+        _audit_user(AuditAction.UPDATE, user, before)
         return user
 
 
@@ -246,13 +244,7 @@ def delete_user(*, user_id: uuid.UUID, actor: Actor) -> None:
         before = snapshot(user)
         user.soft_delete()
         _revoke_tokens(user)
-        audit.record(
-            action=AuditAction.DELETE,
-            target_type="user",
-            target_id=user.id,
-            before=before,
-            after=snapshot(user),
-        )
+        _audit_user(AuditAction.DELETE, user, before)
 
 
 def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
@@ -263,13 +255,7 @@ def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
             raise AppError("CONFLICT", "This user is not deleted.")
         before = snapshot(user)
         user.restore()
-        audit.record(
-            action=AuditAction.RESTORE,
-            target_type="user",
-            target_id=user.id,
-            before=before,
-            after=snapshot(user),
-        )
+        _audit_user(AuditAction.RESTORE, user, before)
         return user
 
 
