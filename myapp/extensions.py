@@ -4,11 +4,11 @@ Importing this module connects to nothing and imports nothing of ours. The smore
 singleton lives in `myapp.core.api` because it is our subclass (envelope, error schema).
 """
 
+from flask import current_app
 from flask_caching import Cache
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_socketio import SocketIO
 from flask_sqlalchemy import SQLAlchemy
@@ -27,7 +27,19 @@ NAMING_CONVENTION = {
 db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
 migrate = Migrate()
 jwt = JWTManager()
-limiter = Limiter(key_func=get_remote_address)
+
+
+def _caller_key() -> str:
+    """Defer to the key function the app installed (`myapp.core.ratelimit.caller_key`)."""
+    return current_app.extensions["ratelimit_key"]()
+
+
+def _default_limit() -> str:
+    """Read per request: the limiter is shared, the settings belong to the current app."""
+    return current_app.extensions["settings"].ratelimit_default
+
+
+limiter = Limiter(key_func=_caller_key, default_limits=[_default_limit])
 cache = Cache()
 cors = CORS()
 talisman = Talisman()

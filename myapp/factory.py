@@ -23,10 +23,11 @@ from myapp.core.db import engine_options, install_sql_comments
 from myapp.core.errors import register_error_handlers
 from myapp.core.logging import configure_logging, register_access_log
 from myapp.core.metrics import register_metrics
+from myapp.core.ratelimit import exempt_from_defaults, register_ratelimit
 from myapp.core.redis import create_redis
 from myapp.core.security import register_security, relax_csp_for_docs, set_authenticator
 from myapp.core.tasks import init_celery
-from myapp.extensions import cache, db, jwt, limiter, migrate, socketio
+from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.settings import Settings, load_settings
@@ -51,7 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_extensions(app, settings)
     register_error_handlers(app)
     register_blueprints(app, settings)
-    register_metrics(app, settings)
+    metrics = register_metrics(app, settings)
+    register_ratelimit(app, metrics.registry)
     register_cli(app)
     app.cli.add_command(users_cli)
     app.cli.add_command(crypto_cli)
@@ -88,6 +90,7 @@ def flask_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": settings.redis_connect_timeout,
         },
         "RATELIMIT_STRATEGY": "fixed-window",
+        "RATELIMIT_DEFAULTS_EXEMPT_WHEN": exempt_from_defaults,
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,  # fail open: an outage must not lock users out
         **tokens.jwt_config(settings),
@@ -107,7 +110,6 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     install_sql_comments()
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     cache.init_app(app)
-    limiter.init_app(app)
     jwt.init_app(app)
     tokens.install_jwt_callbacks()
     set_authenticator(app, tokens.authenticate)

@@ -141,10 +141,18 @@ class Settings(BaseSettings):
     blind_index_key: SecretStr = SecretStr(_DEV_BLIND_INDEX_KEY)
 
     password_hash_threads: int = Field(1, ge=1, le=16)
+    ratelimit_enabled: bool = True
+    ratelimit_default: str = "300/minute"
     ratelimit_login_per_ip: str = "10/minute"
     ratelimit_login_per_account: str = "5/minute"
     ratelimit_refresh: str = "30/minute"
     ratelimit_register: str = "5/minute"
+
+    idempotency_enabled: bool = True
+    idempotency_ttl_seconds: int = Field(86_400, ge=1)
+    idempotency_lock_seconds: int = Field(60, ge=1)
+    admin_allowed_cidrs: CidrList = []
+    auth_refresh_cookie: bool = False
 
     admin_email: str | None = None
     admin_password: SecretStr | None = None
@@ -160,7 +168,7 @@ class Settings(BaseSettings):
             data.setdefault(key, value)
         return data
 
-    @field_validator("cors_origins", "metrics_allowed_cidrs", mode="before")
+    @field_validator("cors_origins", "metrics_allowed_cidrs", "admin_allowed_cidrs", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

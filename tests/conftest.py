@@ -28,7 +28,7 @@ from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import make_url
 
 from myapp import create_app
-from myapp.extensions import db
+from myapp.extensions import db, limiter
 from myapp.settings import Settings
 from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
@@ -124,6 +124,9 @@ def app(database_url: str) -> Iterator[Flask]:
 def make_app(database_url: str) -> Callable[..., Flask]:
     """Build another app with some settings changed (`make_app(app_env="prod", ...)`)."""
     created: list[Flask] = []
+    # flask-limiter is one object per process; init_app on another app re-points its
+    # storage. Put it back afterwards so later tests use the session app's Redis.
+    limiter_state = dict(limiter.__dict__)
 
     def factory(**overrides: Any) -> Flask:
         new_app = create_app(make_settings(**{"database_url": database_url, **overrides}))
@@ -134,6 +137,8 @@ def make_app(database_url: str) -> Callable[..., Flask]:
     for made in created:
         with made.app_context():
             db.engine.dispose()
+    limiter.__dict__.clear()
+    limiter.__dict__.update(limiter_state)
 
 
 def clear_redis_prefix(client: Any, prefix: str) -> None:
