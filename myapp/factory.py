@@ -21,6 +21,7 @@ from myapp.core.context import register_request_context
 from myapp.core.crypto import Crypto, KeyRing, decode_key
 from myapp.core.db import engine_options, install_sql_comments
 from myapp.core.errors import register_error_handlers
+from myapp.core.idempotency import register_idempotency
 from myapp.core.logging import configure_logging, register_access_log
 from myapp.core.metrics import register_metrics
 from myapp.core.ratelimit import exempt_from_defaults, register_ratelimit
@@ -98,9 +99,10 @@ def flask_config(settings: Settings) -> dict[str, Any]:
 
 
 def register_request_hooks(app: Flask) -> None:
-    """Request id first (everything after it logs with it), then the access log."""
+    """Request id first (everything after it logs with it), the access log, idempotency."""
     register_request_context(app)
     register_access_log(app)
+    register_idempotency(app)
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:

@@ -272,3 +272,10 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> dict[str
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     """Authorization header for a token pair."""
     return {"Authorization": f"Bearer {tokens['accessToken']}"}
+
+
+def idempotency_key() -> dict[str, str]:
+    """A fresh `Idempotency-Key` header (POST /v1/users requires one)."""
+    import uuid
+
+    return {"Idempotency-Key": str(uuid.uuid4())}

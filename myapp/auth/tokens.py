@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt as pyjwt
 import redis.exceptions
-from flask import current_app, g
+from flask import current_app, g, request
 from flask_jwt_extended import (
     create_access_token,
     create_refresh_token,
@@ -139,8 +139,17 @@ def install_jwt_callbacks() -> None:
     jwt.user_lookup_loader(_lookup_user)
 
 
+_ACTOR_KEY = "myapp.authenticated_actor"
+
+
 def authenticate() -> Actor:
-    """Verify the bearer access token and bind its actor; AppError with the API.md code."""
+    """Verify the bearer access token and bind its actor; AppError with the API.md code.
+
+    Verified once per request (idempotency scoping and the route guard both ask).
+    """
+    cached = request.environ.get(_ACTOR_KEY)
+    if cached is not None:
+        return cached
     try:
         verify_jwt_in_request()
     except jwt_errors.NoAuthorizationError:
@@ -161,6 +170,7 @@ def authenticate() -> Actor:
         session_id=claims.get("fam"),
     )
     bind_actor(actor)
+    request.environ[_ACTOR_KEY] = actor
     return actor
 
 

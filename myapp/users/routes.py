@@ -9,6 +9,7 @@ from flask.views import MethodView
 from myapp.auth import permissions as perms
 from myapp.core.api import Blueprint, Page
 from myapp.core.context import current_actor
+from myapp.core.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotency_required
 from myapp.users import service
 from myapp.users.schemas import (
     MePatchSchema,
@@ -60,7 +61,9 @@ class Users(MethodView):
         page = service.list_users(query=service.UserQuery(**args), actor=actor)
         return Page(items=[present_user(u, actor) for u in page.items], meta=page.meta)
 
+    @idempotency_required
     @blp.auth(perms.USERS_WRITE)
+    @blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER])
     @blp.arguments(UserCreateSchema)
     @blp.response(201, UserSchema)
     @blp.alt_response(409, response="CONFLICT")

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from myapp.audit.models import AuditLog
 from myapp.core.db import unit_of_work
 from myapp.users import service as users_service
-from tests.conftest import bearer, login
+from tests.conftest import bearer, idempotency_key, login
 
 
 def rows(db_session, **where) -> list[AuditLog]:
@@ -31,7 +31,7 @@ def test_each_users_change_leaves_exactly_one_row_with_its_context(client, make_
             "name": "A",
             "phone": "+15551230000",
         },
-        headers={**headers, "X-Request-ID": "audit-create-1"},
+        headers={**headers, **idempotency_key(), "X-Request-ID": "audit-create-1"},
     )
     user_id = created.get_json()["data"]["id"]
     steps = [
@@ -64,7 +64,7 @@ def test_no_secret_ever_reaches_before_or_after(client, make_user, db_session):
     client.post(
         "/v1/users/",
         json={"email": "s@example.com", "password": "a-password-123", "name": "S"},
-        headers=bearer(tokens),
+        headers={**bearer(tokens), **idempotency_key()},
     )
     client.post("/v1/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
     client.post("/v1/auth/refresh", json={"refreshToken": tokens["refreshToken"]})  # reuse

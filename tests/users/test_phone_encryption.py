@@ -8,7 +8,7 @@ from sqlalchemy import Engine, event, text
 from myapp.core.crypto import CryptoError, KeyRing, generate_key, key_id_of
 from myapp.users import service as users_service
 from myapp.users.models import User
-from tests.conftest import bearer, login
+from tests.conftest import bearer, idempotency_key, login
 
 PHONE = "+1 (555) 123-5678"
 DIGITS = "15551235678"
@@ -20,7 +20,7 @@ def raw_rows(db_session) -> list[tuple]:
 
 def test_raw_sql_shows_no_plaintext_phone(client, make_user, db_session):
     admin = make_user(roles=("admin",))
-    headers = bearer(login(client, admin.email))
+    headers = {**bearer(login(client, admin.email)), **idempotency_key()}
     body = {"email": "p@example.com", "password": "good-password", "name": "P", "phone": PHONE}
     assert client.post("/v1/users/", json=body, headers=headers).status_code == 201
     dump = " ".join(str(value) for row in raw_rows(db_session) for value in row)

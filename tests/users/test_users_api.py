@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine, event
 
-from tests.conftest import bearer, login
+from tests.conftest import bearer, idempotency_key, login
 
 NEW_USER = {"email": "new@example.com", "password": "a-good-password", "name": "New"}
 
@@ -42,7 +42,8 @@ def test_permission_matrix(client, make_user, role, method, template, body, expe
     gone.soft_delete()
     tokens = login(client, caller.email)
     path = template.format(self=caller.id, other=other.id, admin=admin.id, gone=gone.id)
-    response = client.open(path, method=method, json=body, headers=bearer(tokens))
+    headers = {**bearer(tokens), **idempotency_key()}
+    response = client.open(path, method=method, json=body, headers=headers)
     assert response.status_code == expected[ROLES.index(role)], response.get_json()
     if response.status_code >= 400:
         assert response.get_json()["error"]["code"] in {"FORBIDDEN", "NOT_FOUND"}

@@ -1,0 +1,160 @@
+"""`Idempotency-Key` for POST, PUT and PATCH (API.md "Idempotency").
+
+The first request with a key takes it atomically in Redis (`SET NX`, expiring after
+`IDEMPOTENCY_LOCK_SECONDS` in case its process dies) and runs; its answer (status, a few
+headers, body) is kept for `IDEMPOTENCY_TTL_SECONDS` unless it is a 5xx. Later requests
+with the same key and caller:
+
+- same method, path and body, completed: the stored answer, with `Idempotent-Replayed: true`;
+- still running: 409 `IDEMPOTENCY_KEY_IN_USE`;
+- anything else: 422 `IDEMPOTENCY_KEY_MISMATCH`.
+
+Keys are scoped to the caller: the verified user, or the client address when anonymous.
+If Redis is down the request is refused with 503 rather than risk running twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import redis.exceptions
+from flask import Flask, Response, current_app, g, request
+
+from myapp.core.errors import AppError
+from myapp.core.logging import get_logger
+from myapp.core.redis import redis_client, redis_key
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+METHODS = frozenset({"POST", "PUT", "PATCH"})
+STORED_HEADERS = ("Content-Type", "Location", "ETag")
+_VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII
+#: OpenAPI description of the header, for routes that require it.
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header",
+    "name": HEADER,
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Retry-safe key: the same key and body replays the first answer for 24 h.",
+}
+
+log = get_logger(__name__)
+
+
+def idempotency_required(view: Callable) -> Callable:
+    """Mark a view whose callers must send an `Idempotency-Key` (400 without one)."""
+    view.idempotency_required = True
+    return view
+
+
+def _required_for_this_view() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    handler = getattr(getattr(view, "view_class", None), request.method.lower(), view)
+    return bool(getattr(handler, "idempotency_required", False))
+
+
+def _caller_scope() -> str:
+    if request.headers.get("Authorization"):
+        actor = current_app.extensions["authenticate"]()  # verified, or 401
+        return f"user:{actor.id}"
+    return f"ip:{request.remote_addr}"
+
+
+def _fingerprint() -> str:
+    body = request.get_data(cache=True)
+    if request.is_json and body:
+        try:
+            body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        except ValueError:
+            pass  # malformed JSON: the raw bytes identify it well enough
+    query = "&".join(sorted(request.query_string.decode(errors="replace").split("&")))
+    digest = hashlib.sha256(f"{request.method} {request.path}?{query}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _replay(record: dict[str, Any]) -> Response:
+    response = Response(base64.b64decode(record["body"]), status=record["status"])
+    for name, value in record["headers"].items():
+        response.headers[name] = value
+    response.headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _begin() -> Response | None:
+    """before_request: take the key, replay, or refuse."""
+    settings = current_app.extensions["settings"]
+    if not settings.idempotency_enabled or request.method not in METHODS:
+        return None
+    key = request.headers.get(HEADER)
+    if key is None:
+        if _required_for_this_view():
+            raise AppError("BAD_REQUEST", f"This request requires an {HEADER} header.")
+        return None
+    if not _VALID_KEY.fullmatch(key):
+        raise AppError("BAD_REQUEST", f"{HEADER} must be 1..255 visible ASCII characters.")
+    scope = hashlib.sha256(f"{_caller_scope()}\n{key}".encode()).hexdigest()
+    store_key, fingerprint = redis_key("idem", scope), _fingerprint()
+    running = json.dumps({"state": "running", "fp": fingerprint})
+    client = redis_client()
+    for _ in range(2):  # a key that expires between SET and GET gets one more try
+        if client.set(store_key, running, nx=True, ex=settings.idempotency_lock_seconds):
+            g.idempotency = (store_key, fingerprint)
+            return None
+        raw = client.get(store_key)
+        if raw is None:
+            continue
+        record = json.loads(raw)
+        if record["fp"] != fingerprint:
+            raise AppError("IDEMPOTENCY_KEY_MISMATCH")
+        if record["state"] == "running":
+            raise AppError("IDEMPOTENCY_KEY_IN_USE")
+        return _replay(record)
+    raise AppError("IDEMPOTENCY_KEY_IN_USE")
+
+
+def _finish(response: Response) -> Response:
+    """after_request: keep the answer (unless 5xx or streamed), release the key otherwise."""
+    held = g.pop("idempotency", None)
+    if held is None:
+        return response
+    store_key, fingerprint = held
+    settings = current_app.extensions["settings"]
+    try:
+        if response.status_code >= 500 or response.is_streamed:
+            redis_client().delete(store_key)
+            return response
+        record = {
+            "state": "done",
+            "fp": fingerprint,
+            "status": response.status_code,
+            "headers": {h: response.headers[h] for h in STORED_HEADERS if h in response.headers},
+            "body": base64.b64encode(response.get_data()).decode(),
+        }
+        redis_client().set(store_key, json.dumps(record), ex=settings.idempotency_ttl_seconds)
+    except redis.exceptions.RedisError:
+        # The work is done and answered; only a replay is lost. Say so, do not fail it.
+        log.warning("idempotency.store_failed")
+    return response
+
+
+def _release_on_error(_: BaseException | None) -> None:
+    """teardown: a request that died before after_request must not keep its key."""
+    held = g.pop("idempotency", None)
+    if held is not None:
+        try:
+            redis_client().delete(held[0])
+        except redis.exceptions.RedisError:
+            log.warning("idempotency.release_failed")  # the key expires with its lock
+
+
+def register_idempotency(app: Flask) -> None:
+    """Install the hooks (after the request id, so refusals carry it)."""
+    app.before_request(_begin)
+    app.after_request(_finish)
+    app.teardown_request(_release_on_error)
