@@ -169,7 +169,9 @@ def test_duplicate_email_is_conflict_case_insensitively(client, make_user):
     make_user(email="dup@example.com")
     headers = bearer(login(client, make_user(roles=("admin",)).email))
     response = client.post(
-        "/v1/users/", json={**NEW_USER, "email": "DUP@example.com"}, headers=headers
+        "/v1/users/",
+        json={**NEW_USER, "email": "DUP@example.com"},
+        headers={**headers, **idempotency_key()},
     )
     assert response.status_code == 409 and response.get_json()["error"]["code"] == "CONFLICT"
 
