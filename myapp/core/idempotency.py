@@ -16,6 +16,7 @@ If Redis is down the request is refused with 503 rather than risk running twice.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -68,10 +69,8 @@ def _caller_scope() -> str:
 def _fingerprint() -> str:
     body = request.get_data(cache=True)
     if request.is_json and body:
-        try:
+        with contextlib.suppress(ValueError):  # malformed JSON: the raw bytes identify it
             body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-        except ValueError:
-            pass  # malformed JSON: the raw bytes identify it well enough
     query = "&".join(sorted(request.query_string.decode(errors="replace").split("&")))
     digest = hashlib.sha256(f"{request.method} {request.path}?{query}\n".encode())
     digest.update(body)

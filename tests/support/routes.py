@@ -57,6 +57,27 @@ def sleep() -> dict:
     return {"started": started, "ended": time.time()}
 
 
+@blp.route("/counted", methods=["POST"])
+def counted() -> dict:
+    """Count executions in Redis (per `?name=`), optionally slowly (`?sleep=`)."""
+    import time
+
+    from myapp.core.redis import redis_client, redis_key
+
+    count = redis_client().incr(redis_key("test", "counted", request.args.get("name", "x")))
+    time.sleep(float(request.args.get("sleep", "0")))
+    return {"count": count, "body": request.get_json(silent=True)}
+
+
+@blp.route("/fails", methods=["POST"])
+def fails() -> None:
+    """Count executions, then fail with a 500."""
+    from myapp.core.redis import redis_client, redis_key
+
+    redis_client().incr(redis_key("test", "fails"))
+    raise RuntimeError("handler failure")
+
+
 @blp.route("/pid")
 def pid() -> dict:
     """Which worker process answered."""
