@@ -26,9 +26,17 @@ from myapp.core.logging import configure_logging, register_access_log
 from myapp.core.metrics import register_metrics
 from myapp.core.ratelimit import exempt_from_defaults, register_ratelimit
 from myapp.core.redis import create_redis
-from myapp.core.security import register_security, relax_csp_for_docs, set_authenticator
+from myapp.core.security import (
+    register_security,
+    relax_csp_for_docs,
+    set_authenticator,
+    set_feature_evaluator,
+)
 from myapp.core.tasks import init_celery
 from myapp.extensions import cache, db, jwt, migrate, socketio
+from myapp.flags import service as flags_service
+from myapp.flags.cache import FlagCache
+from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.settings import Settings, load_settings
@@ -37,7 +45,7 @@ from myapp.users.cli import crypto_cli, users_cli
 from myapp.users.routes import blp as users_blp
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-BLUEPRINTS = (health_blp, meta_blp, auth_blp, users_blp, audit_blp)
+BLUEPRINTS = (health_blp, meta_blp, auth_blp, users_blp, audit_blp, flags_blp)
 SECURITY_SCHEMES = {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
 
 
@@ -51,14 +59,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["settings"] = settings
     register_request_hooks(app)
     register_extensions(app, settings)
+    register_domains(app, settings)
     register_error_handlers(app)
     register_blueprints(app, settings)
     metrics = register_metrics(app, settings)
     register_ratelimit(app, metrics.registry)
     register_cli(app)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(crypto_cli)
-    register_seeder(app, users_seed.seed)
     return app
 
 
@@ -113,12 +119,6 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     cache.init_app(app)
     jwt.init_app(app)
-    tokens.install_jwt_callbacks()
-    set_authenticator(app, tokens.authenticate)
-    app.extensions["crypto"] = Crypto(
-        ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
-        index_key=decode_key(settings.blind_index_key.get_secret_value()),
-    )
     register_security(app, settings)
     redis = create_redis(settings.redis_url, settings)
     app.extensions["redis"] = redis
@@ -136,6 +136,24 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         engineio_logger=False,
     )
     init_celery(app, settings)
+
+
+def register_domains(app: Flask, settings: Settings) -> None:
+    """What domains plug into the platform: authentication, flags, encryption keys."""
+    tokens.install_jwt_callbacks()
+    set_authenticator(app, tokens.authenticate)
+    app.extensions["flags"] = FlagCache(
+        app.extensions["redis"], channel=f"{settings.redis_prefix}flags"
+    )
+    set_feature_evaluator(app, flags_service.is_enabled)
+    app.extensions["crypto"] = Crypto(
+        ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
+        index_key=decode_key(settings.blind_index_key.get_secret_value()),
+    )
+    register_seeder(app, users_seed.seed)
+    register_seeder(app, flags_service.seed)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(crypto_cli)
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import make_url
 from myapp import create_app
 from myapp.extensions import db, limiter
 from myapp.settings import Settings
+from myapp.flags import service as flags_service
 from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
 
@@ -102,6 +103,7 @@ def database_url() -> Iterator[str]:
     with app.app_context():
         upgrade()
         seed_roles()  # reference data every test may rely on (committed once)
+        flags_service.seed()
         db.engine.dispose()
     yield url
     drop_database(TEST_DB_NAME)
@@ -152,6 +154,7 @@ def clear_redis_prefix(client: Any, prefix: str) -> None:
 @pytest.fixture(autouse=True)
 def _clear_test_redis(app: Flask) -> None:
     clear_redis_prefix(app.extensions["redis"], app.extensions["settings"].redis_prefix)
+    app.extensions["flags"].clear()  # flags cached inside an earlier, rolled-back test
 
 
 class _ConnectionBoundSession(FlaskSession):

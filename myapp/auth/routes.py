@@ -21,6 +21,7 @@ from myapp.auth.schemas import (
 )
 from myapp.core.api import Blueprint
 from myapp.core.context import current_actor
+from myapp.core.security import feature_required
 from myapp.extensions import limiter
 from myapp.users import service as users_service
 from myapp.users.schemas import UserSchema, present_user
@@ -48,9 +49,11 @@ class Register(MethodView):
     """Sign-up."""
 
     @limiter.limit(_limit("ratelimit_register"), key_func=get_remote_address)
+    @feature_required("auth.registration")
     @blp.doc(security=[])
     @blp.arguments(RegisterSchema)
     @blp.response(201, UserSchema)
+    @blp.alt_response(404, response="NOT_FOUND", description="Registration is turned off")
     @blp.alt_response(409, response="CONFLICT")
     def post(self, body: dict) -> dict:
         """Create an account with the `user` role."""

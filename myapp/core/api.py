@@ -137,18 +137,28 @@ _META_SCHEMAS: dict[str, type[Schema]] = {
 _envelope_cache: dict[tuple[Any, ...], type[ma.Schema]] = {}
 
 
-def success_envelope(schema: ma.Schema, page: PageKind | None = None) -> ma.Schema:
-    """Schema of `{"success": true, "data": <schema>, "meta": <paging>}`."""
-    key = (type(schema), schema.many, schema.only, tuple(schema.exclude), page)
+def success_envelope(
+    schema: ma.Schema | ma.fields.Field, page: PageKind | None = None, name: str | None = None
+) -> ma.Schema:
+    """Schema of `{"success": true, "data": <schema>, "meta": <paging>}`.
+
+    `schema` may also be a plain field (e.g. a `Dict` of booleans) named by `name`.
+    """
+    if isinstance(schema, ma.fields.Field):
+        key: tuple[Any, ...] = ("field", name, page)
+        data, base, many = schema, name or "Data", False
+    else:
+        key = (type(schema), schema.many, schema.only, tuple(schema.exclude), page)
+        data = ma.fields.Nested(schema, required=True)
+        base, many = schema.__class__.__name__.removesuffix("Schema"), schema.many
     if key not in _envelope_cache:
         fields: dict[str, ma.fields.Field] = {
             "success": ma.fields.Boolean(required=True, metadata={"example": True}),
-            "data": ma.fields.Nested(schema, required=True),
+            "data": data,
         }
         if page:
             fields["meta"] = ma.fields.Nested(_META_SCHEMAS[page], required=True)
-        base = schema.__class__.__name__.removesuffix("Schema")
-        name = f"{base}{'List' if schema.many else ''}{(page or '').title()}Envelope"
+        name = f"{base}{'List' if many else ''}{(page or '').title()}Envelope"
         _envelope_cache[key] = Schema.from_dict(fields, name=name)
     return _envelope_cache[key]()
 
@@ -163,6 +173,7 @@ class Blueprint(flask_smorest.Blueprint):
         *,
         page: PageKind | None = None,
         envelope: bool = True,
+        name: str | None = None,
         **kwargs: Any,
     ) -> Callable:
         """Like smorest's `response`, but wrapping data (and paging) in the envelope.
@@ -173,7 +184,8 @@ class Blueprint(flask_smorest.Blueprint):
         if schema is None or not envelope:
             return super().response(status_code, schema, **kwargs)
         schema_instance = schema() if isinstance(schema, type) else schema
-        outer = super().response(status_code, success_envelope(schema_instance, page), **kwargs)
+        envelope_schema = success_envelope(schema_instance, page, name)
+        outer = super().response(status_code, envelope_schema, **kwargs)
 
         def decorator(view: Callable) -> Callable:
             @wraps(view)
@@ -190,11 +202,14 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
-    def auth(self, permission: str | None = None) -> Callable:
-        """Require a bearer token (and `permission`), and say so in the OpenAPI document."""
+    def auth(self, permission: str | None = None, *, admin: bool = False) -> Callable:
+        """Require a bearer token (and `permission`), and say so in the OpenAPI document.
+
+        `admin=True` marks an admin route: callable only from `ADMIN_ALLOWED_CIDRS` when set.
+        """
 
         def decorator(view: Callable) -> Callable:
-            guarded = require_auth(permission)(view)
+            guarded = require_auth(permission, admin=admin)(view)
             guarded = self.doc(security=[{"bearerAuth": []}])(guarded)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
             if permission:

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from myapp.core.context import Actor
+from myapp.core.context import Actor, current_actor
 from myapp.core.errors import AppError
 from myapp.extensions import cors, talisman
 from myapp.settings import Settings
@@ -127,21 +127,45 @@ def set_authenticator(app: Flask, authenticate: Callable[[], Actor]) -> None:
     app.extensions["authenticate"] = authenticate
 
 
-def require_auth(permission: str | None = None) -> Callable:
+def require_auth(permission: str | None = None, *, admin: bool = False) -> Callable:
     """Decorator: 401 unless authenticated; 403 `FORBIDDEN` without `permission` (RBAC).
 
-    Object-level rules (ABAC) belong to the domain's policies, which answer 404 for objects
-    the caller may not see.
+    Admin routes (`admin=True`) also refuse callers outside `ADMIN_ALLOWED_CIDRS` when that
+    list is set. Object-level rules (ABAC) belong to the domain's policies, which answer
+    404 for objects the caller may not see.
     """
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def guarded(*args: Any, **kwargs: Any) -> Any:
+            networks = current_app.extensions["settings"].admin_allowed_cidrs
+            if admin and networks and not ip_allowed(request.remote_addr, networks):
+                raise AppError("FORBIDDEN", "Admin routes are not allowed from this address.")
             actor = current_app.extensions["authenticate"]()
             if permission and not actor.can(permission):
                 raise AppError("FORBIDDEN", f"Requires permission {permission}.")
             return view(*args, **kwargs)
 
         return guarded
+
+    return decorator
+
+
+def set_feature_evaluator(app: Flask, evaluate: Callable[[str, Actor], bool]) -> None:
+    """Install the feature-flag evaluation (the flags domain does)."""
+    app.extensions["feature_enabled"] = evaluate
+
+
+def feature_required(key: str) -> Callable:
+    """Decorator: 404 `FEATURE_DISABLED` unless flag `key` is on for the caller."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            if not current_app.extensions["feature_enabled"](key, current_actor()):
+                raise AppError("FEATURE_DISABLED", f"The feature {key!r} is not enabled.")
+            return view(*args, **kwargs)
+
+        return gated
 
     return decorator

@@ -95,7 +95,7 @@ class UserItem(MethodView):
             service.update_user(user_id=user_id, changes=changes, actor=actor), actor
         )
 
-    @blp.auth(perms.USERS_DELETE)
+    @blp.auth(perms.USERS_DELETE, admin=True)
     @blp.response(204)
     @blp.alt_response(404, response="NOT_FOUND")
     def delete(self, user_id: uuid.UUID) -> None:
@@ -107,7 +107,7 @@ class UserItem(MethodView):
 class Restore(MethodView):
     """Undo a soft delete."""
 
-    @blp.auth(perms.USERS_DELETE)
+    @blp.auth(perms.USERS_DELETE, admin=True)
     @blp.response(200, UserSchema)
     @blp.alt_response(404, response="NOT_FOUND")
     def post(self, user_id: uuid.UUID) -> dict:
@@ -120,7 +120,7 @@ class Restore(MethodView):
 class Roles(MethodView):
     """A user's roles."""
 
-    @blp.auth(perms.ROLES_WRITE)
+    @blp.auth(perms.ROLES_WRITE, admin=True)
     @blp.arguments(RolesSchema)
     @blp.response(200, RolesSchema)
     @blp.alt_response(404, response="NOT_FOUND")

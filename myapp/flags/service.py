@@ -1,0 +1,125 @@
+"""Feature flag use cases: evaluate for a caller, list, change (audited, broadcast)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select
+
+from myapp.audit import service as audit
+from myapp.audit.models import AuditAction
+from myapp.core.context import SYSTEM, Actor, bind_actor
+from myapp.core.db import unit_of_work
+from myapp.extensions import db
+from myapp.flags.cache import FlagCache, FlagState
+from myapp.flags.models import FeatureFlag, default_rules
+
+BUCKETS = 10_000
+
+#: Flags `flask seed` creates (disabled ones wait for their feature).
+SEED_FLAGS = {
+    "auth.registration": (True, "Self-service sign-up at POST /v1/auth/register"),
+    "users.export": (False, "CSV export of users (POST /v1/users/export)"),
+    "files.upload": (False, "File uploads (POST /v1/files)"),
+    "chat": (False, "Rooms and realtime chat"),
+}
+
+
+def bucket(key: str, user_id: str) -> int:
+    """Stable bucket 0..9999 of a user for a flag (independent across flags)."""
+    digest = hashlib.sha256(f"{key}:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def decide(flag: FlagState | None, actor: Actor) -> bool:
+    """On when enabled and the caller is targeted: listed, in a role, or in the rollout."""
+    if flag is None or not flag.enabled:
+        return False
+    if actor.is_user and actor.id in flag.user_ids:
+        return True
+    if actor.roles & flag.roles:
+        return True
+    if flag.percentage >= 100:
+        return True
+    if not actor.is_user or flag.percentage <= 0:
+        return False
+    return bucket(flag.key, actor.id) < flag.percentage * BUCKETS // 100
+
+
+def _state(row: FeatureFlag) -> FlagState:
+    rules = {**default_rules(), **(row.rules or {})}
+    return FlagState(
+        key=row.key,
+        enabled=row.enabled,
+        roles=frozenset(rules["roles"]),
+        user_ids=frozenset(rules["userIds"]),
+        percentage=int(rules["percentage"]),
+    )
+
+
+def _load() -> dict[str, FlagState]:
+    rows = db.session.execute(select(FeatureFlag)).scalars()
+    return {row.key: _state(row) for row in rows}
+
+
+def _cache() -> FlagCache:
+    return current_app.extensions["flags"]
+
+
+def is_enabled(key: str, actor: Actor) -> bool:
+    """The flag as evaluated for `actor` (unknown flags are off)."""
+    return decide(_cache().get(_load).get(key), actor)
+
+
+def evaluate_all(actor: Actor) -> dict[str, bool]:
+    """Every flag for `actor`."""
+    return {key: decide(flag, actor) for key, flag in sorted(_cache().get(_load).items())}
+
+
+def list_flags() -> list[FeatureFlag]:
+    """All flags, by key."""
+    return list(db.session.execute(select(FeatureFlag).order_by(FeatureFlag.key)).scalars())
+
+
+def _snapshot(flag: FeatureFlag) -> dict[str, Any]:
+    return {"enabled": flag.enabled, "description": flag.description, "rules": flag.rules}
+
+
+def set_flag(
+    *, key: str, enabled: bool, description: str | None = None, rules: dict | None = None
+) -> FeatureFlag:
+    """Create or change a flag; audited, then every process is told to reload."""
+    with unit_of_work():
+        flag = db.session.execute(
+            select(FeatureFlag).where(FeatureFlag.key == key).with_for_update()
+        ).scalar_one_or_none()
+        before = _snapshot(flag) if flag else None
+        if flag is None:
+            flag = FeatureFlag(key=key, rules=default_rules())
+            db.session.add(flag)
+        flag.enabled = enabled
+        if description is not None:
+            flag.description = description
+        if rules is not None:
+            flag.rules = {**default_rules(), **rules}
+        db.session.flush()
+        audit.record(
+            action=AuditAction.UPDATE if before else AuditAction.CREATE,
+            target_type="feature_flag",
+            target_id=key,
+            before=before,
+            after=_snapshot(flag),
+        )
+    _cache().publish_change()
+    return flag
+
+
+def seed() -> None:
+    """Create the known flags that are missing (existing ones keep their state)."""
+    bind_actor(SYSTEM)
+    existing = {flag.key for flag in list_flags()}
+    for key, (enabled, description) in SEED_FLAGS.items():
+        if key not in existing:
+            set_flag(key=key, enabled=enabled, description=description)
