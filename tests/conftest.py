@@ -29,8 +29,8 @@ from sqlalchemy import make_url
 
 from myapp import create_app
 from myapp.extensions import db, limiter
-from myapp.settings import Settings
 from myapp.flags import service as flags_service
+from myapp.settings import Settings
 from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
 
