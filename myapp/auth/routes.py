@@ -6,11 +6,11 @@ import hashlib
 import uuid
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 from flask_limiter.util import get_remote_address
 
-from myapp.auth import service
+from myapp.auth import cookies, service
 from myapp.auth.schemas import (
     LoginSchema,
     PasswordChangeSchema,
@@ -44,6 +44,16 @@ def _failed(response: Any) -> bool:
     return response.status_code == 401
 
 
+def _deliver(pair: dict[str, Any]) -> Any:
+    """The pair as JSON; in cookie mode the refresh token goes into cookies instead."""
+    if not cookies.enabled():
+        return pair
+    envelope = {"success": True, "data": TokenPairSchema().dump({**pair, "refresh_token": None})}
+    response = jsonify(envelope)
+    cookies.set_token_cookies(response, pair)
+    return response
+
+
 @blp.route("/register")
 class Register(MethodView):
     """Sign-up."""
@@ -74,9 +84,9 @@ class Login(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
-    def post(self, body: dict) -> dict:
+    def post(self, body: dict) -> Any:
         """Exchange e-mail and password for an access and a refresh token."""
-        return service.login(email=body["email"], password=body["password"])
+        return _deliver(service.login(email=body["email"], password=body["password"]))
 
 
 @blp.route("/refresh")
@@ -88,9 +98,14 @@ class Refresh(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
-    def post(self, body: dict) -> dict:
-        """Spend a refresh token for a new pair; a spent one revokes its whole login."""
-        return service.refresh(refresh_token=body["refresh_token"])
+    def post(self, body: dict) -> Any:
+        """Spend a refresh token for a new pair; a spent one revokes its whole login.
+
+        In cookie mode the token comes from the cookie and `X-CSRF-Token` is required.
+        """
+        cookies.require_csrf()
+        pair = service.refresh(refresh_token=cookies.refresh_token_from_request(body))
+        return _deliver(pair)
 
 
 @blp.route("/logout")
@@ -99,9 +114,15 @@ class Logout(MethodView):
 
     @blp.auth()
     @blp.response(204)
-    def post(self) -> None:
+    def post(self) -> Any:
         """End this login: the access token and its refresh family stop working at once."""
+        cookies.require_csrf()
         service.logout()
+        if cookies.enabled():
+            response = Response(status=204)
+            cookies.clear_token_cookies(response)
+            return response
+        return None
 
 
 @blp.route("/sessions")

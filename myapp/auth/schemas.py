@@ -34,16 +34,18 @@ class LoginSchema(Schema):
 
 
 class RefreshSchema(Schema):
-    """A refresh token to spend."""
+    """A refresh token to spend (in cookie mode it comes from the cookie instead)."""
 
-    refresh_token = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=4096))
+    refresh_token = ma.fields.String(validate=ma.validate.Length(min=1, max=4096))
 
 
 class TokenPairSchema(Schema):
     """A new access/refresh pair."""
 
     access_token = ma.fields.String(required=True)
-    refresh_token = ma.fields.String(required=True)
+    refresh_token = ma.fields.String(
+        required=True, allow_none=True, metadata={"description": "null in cookie mode"}
+    )
     token_type = ma.fields.String(required=True, metadata={"example": "Bearer"})
     expires_in = ma.fields.Integer(required=True, metadata={"description": "seconds"})
 

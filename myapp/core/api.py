@@ -31,6 +31,7 @@ from typing import Any, Literal
 import flask_smorest
 import marshmallow as ma
 from sqlalchemy import Select, func, literal, select, tuple_
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from myapp.core.errors import AppError
 from myapp.core.security import require_auth
@@ -192,6 +193,8 @@ class Blueprint(flask_smorest.Blueprint):
             def enveloped(*args: Any, **view_kwargs: Any) -> Any:
                 result = view(*args, **view_kwargs)
                 body, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+                if isinstance(body, WerkzeugResponse):
+                    return result  # the view built its own response (cookies, streams)
                 if isinstance(body, Page):
                     wrapped = {"success": True, "data": body.items, "meta": body.meta}
                 else:
