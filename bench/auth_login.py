@@ -26,41 +26,11 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import make_url
-
 from bench._report import report_logger
+from bench._setup import EMAIL, PASSWORD, prepare_database
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.auth_login")
-EMAIL = "bench@example.com"
-PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a throwaway database
-
-
-def prepare_database(base_url: str) -> str:
-    """Fresh `myapp_bench` database, migrated, with one user to log in as."""
-    import psycopg
-
-    from myapp import create_app
-    from myapp.core.context import SYSTEM, bind_actor
-    from myapp.extensions import db
-    from myapp.users.seed import ensure_user, seed_roles
-
-    url = make_url(base_url).set(database="myapp_bench").render_as_string(hide_password=False)
-    admin_url = make_url(base_url).set(database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin_url.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS myapp_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE myapp_bench")
-    os.environ["DATABASE_URL"] = url
-    app = create_app()
-    with app.app_context():
-        from flask_migrate import upgrade
-
-        upgrade()
-        bind_actor(SYSTEM)
-        seed_roles()
-        ensure_user(email=EMAIL, password=PASSWORD, name="Bench", roles=["user"])
-        db.engine.dispose()
-    return url
 
 
 def timed_get(url: str) -> float:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import jwt
 from flask import Flask, current_app, request
-from flask_jwt_extended import decode_token
 from flask_limiter.util import get_remote_address
 from prometheus_client import Counter
 
@@ -21,13 +21,19 @@ EXEMPT_PREFIXES = ("/health", "/metrics")
 
 
 def caller_key() -> str:
-    """`user:<id>` for a valid bearer token, else `ip:<address>`."""
+    """`user:<id>` for a validly signed, unexpired access token, else `ip:<address>`.
+
+    Only the signature and expiry matter for keying, so plain PyJWT does it (about a third
+    of flask-jwt-extended's decode); revocation is the route guard's job.
+    """
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         try:
-            claims = decode_token(header[7:])
-        except Exception:  # noqa: BLE001 - any bad token simply falls back to the address
-            claims = {}
+            claims = jwt.decode(
+                header[7:], current_app.config["JWT_SECRET_KEY"], algorithms=["HS256"]
+            )
+        except jwt.PyJWTError:
+            claims = {}  # a forged or expired token spends the address's budget
         if claims.get("type") == "access" and claims.get("sub"):
             return f"user:{claims['sub']}"
     return f"ip:{get_remote_address()}"
