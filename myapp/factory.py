@@ -36,6 +36,7 @@ from myapp.core.tasks import init_celery
 from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.flags import service as flags_service
 from myapp.flags.cache import FlagCache
+from myapp.flags.cli import flags_cli
 from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
@@ -154,6 +155,7 @@ def register_domains(app: Flask, settings: Settings) -> None:
     register_seeder(app, flags_service.seed)
     app.cli.add_command(users_cli)
     app.cli.add_command(crypto_cli)
+    app.cli.add_command(flags_cli)
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:

@@ -188,3 +188,18 @@ def test_a_change_in_one_process_reaches_another_within_two_seconds(shared_datab
             time.sleep(0.05)
         seen_after = time.monotonic() - changed
     assert seen_after < 2.0, f"the other process saw the change after {seen_after:.2f} s"
+
+
+def test_flags_cli_sets_and_lists(make_app, db_session):
+    app = make_app()
+    runner = app.test_cli_runner()
+    with app.app_context():
+        result = runner.invoke(
+            args=["flags", "set", "cli.flag", "--on", "--percentage", "30", "--roles", "admin"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "cli.flag: on" in result.output
+        listed = runner.invoke(args=["flags", "list"]).output
+    line = next(line for line in listed.splitlines() if line.startswith("cli.flag"))
+    assert "on" in line and "'percentage': 30" in line and "'admin'" in line
+    assert "auth.registration" in listed
