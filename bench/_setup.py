@@ -35,3 +35,17 @@ def prepare_database(base_url: str) -> str:
         ensure_user(email=EMAIL, password=PASSWORD, name="Bench", roles=["user"])
         db.engine.dispose()
     return url
+
+
+def server_env(name: str, **overrides: str) -> dict[str, str]:
+    """Environment for a benchmark server: its own migrated database, quiet logs."""
+    base_db = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
+    return {
+        "APP_ENV": "test",
+        "DATABASE_URL": prepare_database(base_db),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "APP_NAME": "myapp-bench",
+        "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": f"/tmp/myapp-bench-{name}-prometheus",  # noqa: S108
+        **overrides,
+    }

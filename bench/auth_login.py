@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -27,7 +26,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bench._report import report_logger
-from bench._setup import EMAIL, PASSWORD, prepare_database
+from bench._setup import EMAIL, PASSWORD, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.auth_login")
@@ -87,17 +86,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
-    base_db = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
-    env = {
-        "APP_ENV": "test",
-        "DATABASE_URL": prepare_database(base_db),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "APP_NAME": "myapp-bench",
-        "LOG_LEVEL": "WARNING",
-        "RATELIMIT_LOGIN_PER_IP": "1000000/minute",
-        "RATELIMIT_LOGIN_PER_ACCOUNT": "1000000/minute",
-        "PROMETHEUS_MULTIPROC_DIR": "/tmp/myapp-bench-auth-prometheus",  # noqa: S108
-    }
+    env = server_env(
+        "auth",
+        RATELIMIT_LOGIN_PER_IP="1000000/minute",
+        RATELIMIT_LOGIN_PER_ACCOUNT="1000000/minute",
+    )
     with gunicorn("wsgi:app", workers=2, env=env) as (_, base):
         login_once(base)
         idle = probe(base, 3)

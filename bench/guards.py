@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -26,7 +25,7 @@ import sys
 import urllib.request
 
 from bench._report import report_logger
-from bench._setup import EMAIL, PASSWORD, prepare_database
+from bench._setup import EMAIL, PASSWORD, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.guards")
@@ -75,16 +74,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         log.info("wrk is missing: apt-get install wrk")
         return 2
-    base_db = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
-    env = {
-        "APP_ENV": "test",
-        "DATABASE_URL": prepare_database(base_db),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "APP_NAME": "myapp-bench",
-        "LOG_LEVEL": "WARNING",
-        "RATELIMIT_DEFAULT": "100000000/minute",
-        "PROMETHEUS_MULTIPROC_DIR": "/tmp/myapp-bench-guards-prometheus",  # noqa: S108
-    }
+    env = server_env("guards", RATELIMIT_DEFAULT="100000000/minute")
     variants = {
         "on": env,
         "off": {**env, "RATELIMIT_ENABLED": "false", "IDEMPOTENCY_ENABLED": "false"},

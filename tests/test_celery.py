@@ -15,6 +15,7 @@ from flask import Flask
 
 from myapp.core.redis import redis_key
 from tests.conftest import TEST_APP_NAME, redis_test_url
+from tests.support.servers import stop_process
 from tests.support.tasks import report_context
 
 pytestmark = pytest.mark.slow
@@ -55,11 +56,7 @@ def worker(database_url):
         text=True,
     )
     yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_process(process)
 
 
 def wait_for_key(app: Flask, key: str, timeout: float = 30) -> str:
