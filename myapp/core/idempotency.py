@@ -118,14 +118,18 @@ def _begin() -> Response | None:
 
 
 def _finish(response: Response) -> Response:
-    """after_request: keep the answer (unless 5xx or streamed), release the key otherwise."""
+    """after_request: keep the answer, except 5xx, 429 and streams: those release the key.
+
+    A 429 means the request never ran (the limiter refused it after the key was taken), so
+    the client's retry with the same key must run, not replay the refusal.
+    """
     held = g.pop("idempotency", None)
     if held is None:
         return response
     store_key, fingerprint = held
     settings = current_app.extensions["settings"]
     try:
-        if response.status_code >= 500 or response.is_streamed:
+        if response.status_code >= 500 or response.status_code == 429 or response.is_streamed:
             redis_client().delete(store_key)
             return response
         record = {

@@ -144,3 +144,21 @@ def test_redis_down_answers_503_and_creates_nothing(make_app, make_user, db_sess
         assert users_named(db_session, "idem@example.com") == 0
     finally:
         redis.stop()
+
+
+def test_a_rate_limited_request_is_not_replayed(make_app, db_session):
+    app = make_app(ratelimit_default="1/minute")
+    register_test_routes(app)
+    client = app.test_client()
+    assert (
+        client.post("/_test/counted?name=rl", json={}, headers={"Idempotency-Key": "a"}).status_code
+        == 200
+    )
+    limited = client.post("/_test/counted?name=rl", json={}, headers={"Idempotency-Key": "b"})
+    assert limited.status_code == 429
+    with app.app_context():
+        app.extensions["redis"].delete(
+            *app.extensions["redis"].keys(app.extensions["settings"].redis_prefix + "ratelimit*")
+        )
+    retry = client.post("/_test/counted?name=rl", json={}, headers={"Idempotency-Key": "b"})
+    assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers
