@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 import uuid
@@ -187,6 +188,7 @@ def test_a_change_in_one_process_reaches_another_within_two_seconds(shared_datab
                 break
             time.sleep(0.05)
         seen_after = time.monotonic() - changed
+    sys.stderr.write(f"flag change seen by the other process after {seen_after * 1000:.0f} ms\n")
     assert seen_after < 2.0, f"the other process saw the change after {seen_after:.2f} s"
 
 
