@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import statistics
+import sys
 import time
 from datetime import timedelta
 
@@ -239,13 +241,23 @@ def test_unknown_email_and_wrong_password_take_about_the_same_time(make_app, mak
     }
     client.post("/v1/auth/login", json=bodies["unknown"])  # warm up both paths
     client.post("/v1/auth/login", json=bodies["wrong"])
+    gc.collect()
+    gc.disable()  # a collector pause lands on one side at random and skews its mean
+    try:
+        measure(client, bodies, attempts)
+    finally:
+        gc.enable()
+    unknown, wrong = statistics.mean(attempts["unknown"]), statistics.mean(attempts["wrong"])
+    sys.stderr.write(f"login means: unknown {unknown * 1000:.1f} ms, wrong {wrong * 1000:.1f} ms\n")
+    assert abs(unknown - wrong) / max(unknown, wrong) < 0.25, (unknown, wrong)
+
+
+def measure(client, bodies, attempts) -> None:
     for _ in range(20):
         for kind in ("unknown", "wrong"):  # interleaved: noise hits both alike
             started = time.perf_counter()
             assert client.post("/v1/auth/login", json=bodies[kind]).status_code == 401
             attempts[kind].append(time.perf_counter() - started)
-    unknown, wrong = statistics.mean(attempts["unknown"]), statistics.mean(attempts["wrong"])
-    assert abs(unknown - wrong) / max(unknown, wrong) < 0.25, (unknown, wrong)
 
 
 def test_sixth_failed_login_for_an_account_is_rate_limited(client, make_user):
