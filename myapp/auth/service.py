@@ -42,6 +42,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _issue(user: Any, session: AuthSession, parent_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Add the session's next refresh-token row and return the pair built on it."""
+    client = current_client()
+    refresh = RefreshToken(
+        id=new_id(),
+        session_id=session.id,
+        parent_id=parent_id,
+        expires_at=session.expires_at,
+        ip=client.ip,
+        user_agent=client.user_agent,
+    )
+    db.session.add(refresh)
+    return tokens.issue_pair(user=user, session_id=session.id, refresh_id=refresh.id)
+
+
 def _open_session(user: Any) -> dict[str, Any]:
     """Start a login session with its first refresh token; return the token pair."""
     client = current_client()
@@ -53,15 +68,7 @@ def _open_session(user: Any) -> dict[str, Any]:
         user_agent=client.user_agent,
     )
     db.session.add(session)
-    refresh = RefreshToken(
-        id=new_id(),
-        session_id=session.id,
-        expires_at=session.expires_at,
-        ip=client.ip,
-        user_agent=client.user_agent,
-    )
-    db.session.add(refresh)
-    return tokens.issue_pair(user=user, session_id=session.id, refresh_id=refresh.id)
+    return _issue(user, session)
 
 
 def login(*, email: str, password: str) -> dict[str, Any]:
@@ -106,6 +113,7 @@ def _revoke_family(session_id: uuid.UUID) -> None:
 def refresh(*, refresh_token: str) -> dict[str, Any]:
     """Spend `refresh_token` for a new pair. A spent token coming back revokes its family."""
     claims = tokens.decode_refresh(refresh_token)
+    actor = Actor(type="user", id=claims["sub"])
     with unit_of_work():
         row = db.session.execute(
             select(RefreshToken)
@@ -114,56 +122,39 @@ def refresh(*, refresh_token: str) -> dict[str, Any]:
         ).scalar_one_or_none()
         if row is None:
             raise AppError("AUTH_TOKEN_INVALID")
-        actor = Actor(type="user", id=claims["sub"])
-        if row.used_at is not None:
-            _revoke_family(row.session_id)
-            audit.record(
-                action=AuditAction.TOKEN_REUSE,
-                target_type="auth_session",
-                target_id=row.session_id,
-                actor=actor,
-            )
-            reused = True
-        else:
-            reused = False
-    if reused:  # committed above: the revocation must survive the error answer
-        raise AppError("AUTH_TOKEN_REUSED")
-    return _rotate(row_id=row.id, claims=claims, actor=actor)
-
-
-def _rotate(*, row_id: uuid.UUID, claims: dict[str, Any], actor: Actor) -> dict[str, Any]:
-    with unit_of_work():
-        row = db.session.execute(
-            select(RefreshToken).where(RefreshToken.id == row_id).with_for_update()
-        ).scalar_one()
-        session = db.session.get(AuthSession, row.session_id, with_for_update=True)
-        if row.revoked_at is not None or session is None or session.revoked_at is not None:
-            raise AppError("AUTH_TOKEN_REVOKED")
-        if row.used_at is not None:  # lost a race with a concurrent refresh of the same token
-            raise AppError("AUTH_TOKEN_REUSED")
-        user = users_service.get_active(user_id=uuid.UUID(claims["sub"]))
-        if user is None or user.token_version != claims.get("ver"):
-            raise AppError("AUTH_TOKEN_REVOKED")
-        now, client = _now(), current_client()
-        row.used_at = now
-        session.last_used_at = now
-        session.expires_at = tokens.refresh_expiry()
-        child = RefreshToken(
-            id=new_id(),
-            session_id=session.id,
-            parent_id=row.id,
-            expires_at=session.expires_at,
-            ip=client.ip,
-            user_agent=client.user_agent,
-        )
-        db.session.add(child)
+        if row.used_at is None:
+            return _rotate(row=row, claims=claims, actor=actor)
+        _revoke_family(row.session_id)
         audit.record(
-            action=AuditAction.TOKEN_REFRESH,
+            action=AuditAction.TOKEN_REUSE,
             target_type="auth_session",
-            target_id=session.id,
+            target_id=row.session_id,
             actor=actor,
         )
-        return tokens.issue_pair(user=user, session_id=session.id, refresh_id=child.id)
+    # Raised after the commit: the revocation must survive the error answer.
+    raise AppError("AUTH_TOKEN_REUSED")
+
+
+def _rotate(*, row: RefreshToken, claims: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    """Spend the locked, unused `row` and issue its child (inside the caller's unit of work)."""
+    session = db.session.get(AuthSession, row.session_id, with_for_update=True)
+    if row.revoked_at is not None or session is None or session.revoked_at is not None:
+        raise AppError("AUTH_TOKEN_REVOKED")
+    user = users_service.get_active(user_id=uuid.UUID(claims["sub"]))
+    if user is None or user.token_version != claims.get("ver"):
+        raise AppError("AUTH_TOKEN_REVOKED")
+    now = _now()
+    row.used_at = now
+    session.last_used_at = now
+    session.expires_at = tokens.refresh_expiry()
+    pair = _issue(user, session, parent_id=row.id)
+    audit.record(
+        action=AuditAction.TOKEN_REFRESH,
+        target_type="auth_session",
+        target_id=session.id,
+        actor=actor,
+    )
+    return pair
 
 
 def logout() -> None:

@@ -29,7 +29,7 @@ from myapp.core.context import Actor, bind_actor
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
 from myapp.core.redis import redis_client, redis_key
-from myapp.extensions import db, jwt
+from myapp.extensions import jwt
 
 log = get_logger(__name__)
 
@@ -172,12 +172,3 @@ def authenticate() -> Actor:
     bind_actor(actor)
     request.environ[_ACTOR_KEY] = actor
     return actor
-
-
-def ensure_session_open(session: Any) -> None:
-    """Helper for services: refuse tokens of a revoked or expired session."""
-    if session is None or session.revoked_at is not None:
-        raise AppError("AUTH_TOKEN_REVOKED")
-    if session.expires_at <= datetime.now(UTC):
-        raise AppError("AUTH_TOKEN_EXPIRED")
-    db.session.flush()
