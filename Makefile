@@ -9,8 +9,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/myapp
-export REDIS_URL ?= redis://127.0.0.1:6379/0
 export FLASK_APP := myapp
 SERVICES := $(BIN)/python -m myapp.devservices run --state-dir .devdata
 
@@ -39,9 +37,10 @@ serve: # (inside `dev`, once PostgreSQL and Redis answer)
 test: install lint ## Lint, then the whole test suite with coverage
 	$(SERVICES) -- $(BIN)/python -m pytest --cov --cov-report=term
 
-lint: install ## ruff check + ruff format --check
+lint: install ## ruff check + ruff format --check + import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

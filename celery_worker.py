@@ -12,6 +12,7 @@ if os.environ.get("CELERY_POOL", "gevent") == "gevent":
     monkey.patch_all()
 
 from myapp import create_app  # noqa: E402 - must come after patching
+from myapp.core.tasks import celery_app  # noqa: E402
 
 app = create_app()
-celery = app.extensions["celery"]
+celery = celery_app(app)

@@ -6,6 +6,8 @@ import os
 
 from sqlalchemy import make_url
 
+from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a throwaway database
 
@@ -39,11 +41,11 @@ def prepare_database(base_url: str) -> str:
 
 def server_env(name: str, **overrides: str) -> dict[str, str]:
     """Environment for a benchmark server: its own migrated database, quiet logs."""
-    base_db = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
+    base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     return {
         "APP_ENV": "test",
         "DATABASE_URL": prepare_database(base_db),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         "APP_NAME": "myapp-bench",
         "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": f"/tmp/myapp-bench-{name}-prometheus",  # noqa: S108

@@ -3,7 +3,7 @@
 Runs the real app (plus the test-only `/_test/sleep` route) under our gunicorn config with
 one gevent worker, twice in the same run: as shipped, and with psycopg imported by the
 master before the worker patches (what preloading, or a config file that imports the app,
-does: the pitfall DESIGN.md warns about). Prints wall-clock medians and their ratio. With
+does: the pitfall docs/architecture.md warns about). Prints wall-clock medians and their ratio. With
 cooperative I/O the total is close to one sleep; with the blocking wait function it is N.
 
     .venv/bin/python -m bench.gevent_io [--requests 10] [--sleep 0.5] [--rounds 3]
@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench._report import report_logger
+from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from tests.support.servers import get, gunicorn
 
 log = report_logger("bench.gevent_io")
@@ -58,10 +59,8 @@ def main() -> int:
     args = parser.parse_args()
     env = {
         "APP_ENV": "test",
-        "DATABASE_URL": os.environ.get(
-            "DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp"
-        ),
-        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "DATABASE_URL": os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+        "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
         "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": "/tmp/myapp-bench-prometheus",  # noqa: S108
     }

@@ -1,4 +1,4 @@
-"""The DESIGN.md pitfall, on purpose: psycopg imported before gevent patches.
+"""The gevent pitfall of docs/architecture.md, on purpose: psycopg imported before gevent patches.
 
 Same app and routes as `tests.support.wsgi_app`; only the import order differs. Loaded
 with gunicorn's preload option by `bench.gevent_io` as its baseline: the master imports

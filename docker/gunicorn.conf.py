@@ -5,6 +5,7 @@ one stops gunicorn before it binds), prepares the Prometheus multiprocess direct
 routes gunicorn's own logs through the app's masked structlog pipeline.
 """
 
+import gc
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ worker_connections = _settings.gunicorn_worker_connections
 timeout = _settings.gunicorn_timeout
 graceful_timeout = _settings.gunicorn_graceful_timeout
 keepalive = 5
-preload_app = False  # preloading imports psycopg before the worker patches: see DESIGN.md
+preload_app = False  # preloading imports psycopg before workers patch (docs/architecture.md)
 accesslog = None  # the app writes one masked access line per request
 errorlog = "-"
 loglevel = _settings.log_level.lower()
@@ -63,6 +64,10 @@ def post_worker_init(worker):
         gevent.spawn_later(_settings.shutdown_drain_seconds, setattr, worker, "alive", False)
 
     signal.signal(signal.SIGTERM, drain)
+    # Everything built so far (the app, its modules, compiled SQL) lives as long as the
+    # worker: keep it out of the collector's full passes, which otherwise pause every
+    # request of the worker for as long as they take to walk it.
+    gc.freeze()
 
 
 def child_exit(server, worker):

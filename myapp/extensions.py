@@ -4,16 +4,22 @@ Importing this module connects to nothing and imports nothing of ours. The smore
 singleton lives in `myapp.core.api` because it is our subclass (envelope, error schema).
 """
 
-from flask import current_app
+from __future__ import annotations
+
+from typing import Any
+from weakref import WeakKeyDictionary
+
 from flask_caching import Cache
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_socketio import SocketIO
 from flask_sqlalchemy import SQLAlchemy
+from flask_sqlalchemy.session import Session as FlaskSession
 from flask_talisman import Talisman
-from sqlalchemy import MetaData
+from sqlalchemy import Engine, MetaData
 
 #: Stable constraint names, so Alembic autogenerate produces the same names everywhere.
 NAMING_CONVENTION = {
@@ -24,22 +30,35 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-db = SQLAlchemy(metadata=MetaData(naming_convention=NAMING_CONVENTION))
+#: Session flag: read in autocommit mode (set for GET/HEAD by `myapp.core.db`).
+AUTOCOMMIT_READS = "autocommit_reads"
+_autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+
+
+class Session(FlaskSession):
+    """Flask-SQLAlchemy's session; while `info[AUTOCOMMIT_READS]` is set it reads in
+    autocommit mode, on the same pool (one round trip per read, no BEGIN/ROLLBACK)."""
+
+    def get_bind(self, *args: Any, **kwargs: Any) -> Any:
+        """The usual engine, or its autocommit variant for read-only work."""
+        engine = super().get_bind(*args, **kwargs)
+        if not self.info.get(AUTOCOMMIT_READS) or not isinstance(engine, Engine):
+            return engine
+        variant = _autocommit_engines.get(engine)
+        if variant is None:
+            variant = engine.execution_options(isolation_level="AUTOCOMMIT")
+            _autocommit_engines[engine] = variant
+        return variant
+
+
+db = SQLAlchemy(
+    metadata=MetaData(naming_convention=NAMING_CONVENTION), session_options={"class_": Session}
+)
 migrate = Migrate()
 jwt = JWTManager()
-
-
-def _caller_key() -> str:
-    """Defer to the key function the app installed (`myapp.core.ratelimit.caller_key`)."""
-    return current_app.extensions["ratelimit_key"]()
-
-
-def _default_limit() -> str:
-    """Read per request: the limiter is shared, the settings belong to the current app."""
-    return current_app.extensions["settings"].ratelimit_default
-
-
-limiter = Limiter(key_func=_caller_key, default_limits=[_default_limit])
+#: Per-route budgets only (login, refresh, register); the default budget of every request
+#: is counted by `myapp.core.guards` in the same Redis round trip as the token denylist.
+limiter = Limiter(key_func=get_remote_address)
 cache = Cache()
 cors = CORS()
 talisman = Talisman()

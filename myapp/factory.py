@@ -13,57 +13,83 @@ from flask import Flask
 from gevent import monkey
 
 from myapp.audit.routes import blp as audit_blp
-from myapp.auth import tokens
+from myapp.auth import caller, tokens
+from myapp.auth import service as auth_service
 from myapp.auth.routes import blp as auth_blp
 from myapp.cli import register_cli, register_seeder
+from myapp.core import admission, context, guards, idempotency, pipeline, security
+from myapp.core import db as database
 from myapp.core.api import api
-from myapp.core.context import register_request_context
-from myapp.core.crypto import Crypto, KeyRing, decode_key
-from myapp.core.db import engine_options, install_sql_comments
+from myapp.core.config import install_settings
+from myapp.core.crypto import init_crypto
+from myapp.core.db import engine_options
 from myapp.core.errors import register_error_handlers
-from myapp.core.idempotency import register_idempotency
-from myapp.core.logging import configure_logging, register_access_log
+from myapp.core.logging import configure_logging, log_access
 from myapp.core.metrics import register_metrics
-from myapp.core.ratelimit import exempt_from_defaults, register_ratelimit
-from myapp.core.redis import create_redis
-from myapp.core.security import (
-    register_security,
-    relax_csp_for_docs,
-    set_authenticator,
-    set_feature_evaluator,
-)
+from myapp.core.ratelimit import limiter_config, register_ratelimit
+from myapp.core.redis import init_redis, redis_client
 from myapp.core.tasks import init_celery
 from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.flags import service as flags_service
-from myapp.flags.cache import FlagCache
+from myapp.flags.cache import init_flag_cache
 from myapp.flags.cli import flags_cli
 from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.settings import Settings, load_settings
 from myapp.users import seed as users_seed
+from myapp.users import service as users_service
 from myapp.users.cli import crypto_cli, users_cli
 from myapp.users.routes import blp as users_blp
+from myapp.users.routes import registration_blp
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-BLUEPRINTS = (health_blp, meta_blp, auth_blp, users_blp, audit_blp, flags_blp)
+BLUEPRINTS = (health_blp, meta_blp, auth_blp, registration_blp, users_blp, audit_blp, flags_blp)
 SECURITY_SCHEMES = {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+
+
+def request_pipeline() -> pipeline.Pipeline:
+    """Every request, in this order; each step runs once (docs/architecture.md)."""
+    return pipeline.Pipeline(
+        steps=(
+            context.bind_request,  # 1. request id, client address
+            pipeline.match_route,  # 2. 404/405 before any guard; never a redirect
+            admission.admit,  # 2. in-flight limit per worker, others wait in arrival order
+            database.read_safe_methods_in_autocommit,  # GET/HEAD: 1 round trip per read
+            security.require_accepted_media_type,  # 2. bodies we can parse (size: Flask)
+            tokens.read_bearer_token,  # 3. caller, part one: the JWT verified, no I/O
+            guards.check_guards,  # 4. one Redis round trip: budget + token denylist
+            security.enforce_admin_networks,  # 5. admin routes from allowed networks only
+            caller.resolve_caller,  # 5. caller, part two: one SQL statement; RBAC
+            pipeline.feature_gate(flags_service.is_enabled),  # 5. flags: in-process cache
+            idempotency.begin,  # 6. Idempotency-Key: take, replay or refuse
+        ),
+        finishers=(
+            idempotency.finish,  # keep the answer for replays
+            guards.add_budget_headers,  # X-RateLimit-*
+            context.echo_request_id,  # X-Request-ID
+            log_access,  # one access line
+        ),
+        cleanups=(idempotency.release, admission.release, context.forget_request),
+    )
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app. Invalid configuration raises `ConfigError` (exit status 1)."""
     settings = settings or load_settings()
     configure_logging(level=settings.log_level, fmt=settings.log_format, sql=settings.log_sql)
-    app = Flask("myapp")
-    app.json.sort_keys = False  # keep `success` first, as API.md shows it
+    app = Flask("myapp", static_folder=None)  # an API: no static route
+    app.json.sort_keys = False  # keep `success` first, as clients read it
+    app.url_map.merge_slashes = False  # `//` would be answered with a redirect
     app.config.from_mapping(flask_config(settings))
-    app.extensions["settings"] = settings
-    register_request_hooks(app)
+    install_settings(app, settings)
+    admission.init_admission(app, settings.web_max_in_flight)
+    metrics = register_metrics(app, settings)  # first, so it times every answer
+    pipeline.install_pipeline(app, request_pipeline())
     register_extensions(app, settings)
     register_domains(app, settings)
     register_error_handlers(app)
     register_blueprints(app, settings)
-    metrics = register_metrics(app, settings)
     register_ratelimit(app, metrics.registry)
     register_cli(app)
     return app
@@ -90,43 +116,21 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "CACHE_REDIS_URL": settings.cache_url,
         "CACHE_KEY_PREFIX": f"{settings.redis_prefix}cache:",
         "CACHE_DEFAULT_TIMEOUT": 300,
-        "RATELIMIT_STORAGE_URI": settings.redis_url,
-        "RATELIMIT_STORAGE_OPTIONS": {
-            # The limits library prefixes keys itself ("LIMITS:" by default): keep ours.
-            "key_prefix": f"{settings.redis_prefix}ratelimit",
-            "socket_timeout": settings.redis_socket_timeout,
-            "socket_connect_timeout": settings.redis_connect_timeout,
-        },
-        "RATELIMIT_STRATEGY": "fixed-window",
-        "RATELIMIT_DEFAULTS_EXEMPT_WHEN": exempt_from_defaults,
-        "RATELIMIT_HEADERS_ENABLED": True,
-        "RATELIMIT_SWALLOW_ERRORS": True,  # fail open: an outage must not lock users out
+        **limiter_config(settings),
         **tokens.jwt_config(settings),
     }
-
-
-def register_request_hooks(app: Flask) -> None:
-    """Request id first (everything after it logs with it), the access log, idempotency."""
-    register_request_context(app)
-    register_access_log(app)
-    register_idempotency(app)
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
     """init_app every extension; create (not connect) the Redis clients and Celery."""
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=False)
-    install_sql_comments()
+    database.init_db(app, settings)
     api.init_app(app, spec_kwargs={"components": {"securitySchemes": SECURITY_SCHEMES}})
     cache.init_app(app)
     jwt.init_app(app)
-    register_security(app, settings)
-    redis = create_redis(settings.redis_url, settings)
-    app.extensions["redis"] = redis
-    same_server = settings.broker_url == settings.redis_url
-    app.extensions["broker_redis"] = (
-        redis if same_server else create_redis(settings.broker_url, settings)
-    )
+    security.register_security(app, settings)
+    init_redis(app, settings)
     socketio.init_app(
         app,
         message_queue=settings.redis_url,
@@ -140,17 +144,11 @@ def register_extensions(app: Flask, settings: Settings) -> None:
 
 
 def register_domains(app: Flask, settings: Settings) -> None:
-    """What domains plug into the platform: authentication, flags, encryption keys."""
-    tokens.install_jwt_callbacks()
-    set_authenticator(app, tokens.authenticate)
-    app.extensions["flags"] = FlagCache(
-        app.extensions["redis"], channel=f"{settings.redis_prefix}flags"
-    )
-    set_feature_evaluator(app, flags_service.is_enabled)
-    app.extensions["crypto"] = Crypto(
-        ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
-        index_key=decode_key(settings.blind_index_key.get_secret_value()),
-    )
+    """What domains plug into the platform and into each other; their commands."""
+    users_service.tokens_revoked.connect(auth_service.end_all_sessions)
+    with app.app_context():
+        init_flag_cache(app, redis_client(), settings.redis_prefix)
+    init_crypto(app, settings)
     register_seeder(app, users_seed.seed)
     register_seeder(app, flags_service.seed)
     app.cli.add_command(users_cli)
@@ -163,4 +161,4 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     if settings.api_docs_enabled:
-        relax_csp_for_docs(app)
+        security.relax_csp_for_docs(app)

@@ -7,8 +7,11 @@ gunicorn, Celery) before it serves anything, naming each bad variable without it
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -17,8 +20,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from myapp import defaults
+
 AppEnv = Literal["local", "dev", "stage", "prod", "test"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_DATABASE_URL = defaults.DATABASE_URL
+DEFAULT_REDIS_URL = defaults.REDIS_URL
+#: Encryption key ids (`ENCRYPTION_KEYS="kid:base64key,..."`).
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+KEY_BYTES = 32
 
 #: Environments where a built-in development secret is acceptable.
 DEV_ENVS = frozenset({"local", "dev", "test"})
@@ -39,7 +50,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "cors_origins": "http://localhost:3000,http://localhost:5173",
         "shutdown_drain_seconds": 0,
     },
-    "test": {"log_format": "json", "api_docs_enabled": True, "cors_origins": "", "db_pool_size": 5},
+    "test": {"log_format": "json", "api_docs_enabled": True, "cors_origins": ""},
     "dev": {
         "log_format": "json",
         "api_docs_enabled": True,
@@ -47,8 +58,20 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "admin_email": "admin@example.com",
         "admin_password": "dev-only-admin-password",
     },
-    "stage": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
-    "prod": {"log_format": "json", "api_docs_enabled": False, "cors_origins": ""},
+    # Request-id comments make every statement unique: no prepared statements, a plan
+    # per execution. Off where throughput matters; the slow-query log keeps the id.
+    "stage": {
+        "log_format": "json",
+        "api_docs_enabled": False,
+        "cors_origins": "",
+        "db_sql_comments": False,
+    },
+    "prod": {
+        "log_format": "json",
+        "api_docs_enabled": False,
+        "cors_origins": "",
+        "db_sql_comments": False,
+    },
 }
 
 
@@ -69,6 +92,34 @@ def _uses_dev_key(keys: SecretStr) -> bool:
 def _is_placeholder(secret: str) -> bool:
     lowered = secret.lower()
     return any(marker in lowered for marker in _PLACEHOLDER_MARKERS)
+
+
+def decode_key(encoded: str) -> bytes:
+    """Base64 (standard or URL-safe) of exactly 32 bytes."""
+    try:
+        raw = base64.b64decode(encoded.strip() + "=" * (-len(encoded.strip()) % 4), altchars=b"-_")
+    except (binascii.Error, ValueError):
+        raise ValueError("a key is not valid base64") from None
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"a key must be {KEY_BYTES} bytes (base64 of 32 random bytes)")
+    return raw
+
+
+def parse_key_ring(value: str) -> dict[str, bytes]:
+    """`kid:base64,kid:base64` -> ordered {kid: key}; errors never include key material."""
+    ring: dict[str, bytes] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        kid, sep, encoded = item.partition(":")
+        if not sep or not KEY_ID_PATTERN.fullmatch(kid):
+            raise ValueError("each entry must be kid:base64key with kid in [A-Za-z0-9_-]")
+        if kid in ring:
+            raise ValueError(f"key id {kid!r} appears twice")
+        ring[kid] = decode_key(encoded)
+    if not ring:
+        raise ValueError("at least one key is required")
+    return ring
 
 
 CsvList = Annotated[list[str], NoDecode]
@@ -94,8 +145,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(_DEV_SECRET)
     jwt_secret_key: SecretStr = SecretStr(_DEV_SECRET)
 
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/myapp"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
     celery_broker_url: str | None = None
     cache_redis_url: str | None = None
 
@@ -109,6 +160,8 @@ class Settings(BaseSettings):
     gunicorn_graceful_timeout: int = Field(30, ge=1)
     gunicorn_worker_connections: int = Field(1000, ge=1)
     shutdown_drain_seconds: float = Field(5.0, ge=0)
+    web_max_in_flight: int = Field(10, ge=1)
+    web_queue_timeout: float = Field(10.0, gt=0)
     prometheus_multiproc_dir: str = "/tmp/myapp-prometheus"  # noqa: S108 - emptyDir in k8s
 
     cors_origins: CsvList = []
@@ -120,8 +173,11 @@ class Settings(BaseSettings):
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
 
     db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(20, ge=0)
-    db_pool_timeout: float = Field(5.0, gt=0)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout: float = Field(2.0, gt=0)
+    db_pool_pre_ping: bool = False
+    db_sql_comments: bool = True
+    db_slow_query_ms: float = Field(250.0, ge=0)
     db_pool_recycle: int = Field(1800, ge=-1)
     db_connect_timeout: int = Field(5, ge=1)
     db_statement_timeout_ms: int = Field(30_000, ge=0)
@@ -189,8 +245,6 @@ class Settings(BaseSettings):
     @field_validator("encryption_keys")
     @classmethod
     def _key_ring(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
-        from myapp.core.crypto import parse_key_ring
-
         parse_key_ring(value.get_secret_value())  # ValueError names the problem, not the key
         if info.data.get("app_env", "local") not in DEV_ENVS and _uses_dev_key(value):
             raise ValueError("the development key ring is refused outside local/dev/test")
@@ -199,8 +253,6 @@ class Settings(BaseSettings):
     @field_validator("blind_index_key")
     @classmethod
     def _blind_index_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
-        from myapp.core.crypto import decode_key
-
         decode_key(value.get_secret_value())
         dev_env = info.data.get("app_env", "local") in DEV_ENVS
         if not dev_env and value.get_secret_value() == _DEV_BLIND_INDEX_KEY:

@@ -28,9 +28,12 @@ from flask_sqlalchemy.session import Session as FlaskSession
 from sqlalchemy import make_url
 
 from myapp import create_app
+from myapp.core.config import current_settings
+from myapp.core.redis import redis_client
 from myapp.extensions import db, limiter
 from myapp.flags import service as flags_service
-from myapp.settings import Settings
+from myapp.flags.cache import FlagCache, flag_cache
+from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
 
@@ -49,7 +52,7 @@ TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 
 def server_database_url(name: str) -> str:
     """`DATABASE_URL`'s server with another database name."""
-    base = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/myapp")
+    base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     return make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
@@ -74,9 +77,27 @@ def recreate_database(name: str) -> str:
 
 def redis_test_url() -> str:
     """`REDIS_URL`'s server with the dedicated test index."""
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    base = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     head, _, _ = base.rpartition("/")
     return f"{head}/{TEST_REDIS_DB}" if head.count("/") >= 2 else f"{base}/{TEST_REDIS_DB}"
+
+
+def redis_of(app: Flask) -> Any:
+    """The app's Redis client."""
+    with app.app_context():
+        return redis_client()
+
+
+def settings_of(app: Flask) -> Settings:
+    """The app's settings."""
+    with app.app_context():
+        return current_settings()
+
+
+def flags_of(app: Flask) -> FlagCache:
+    """The app's flag cache."""
+    with app.app_context():
+        return flag_cache()
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -115,9 +136,7 @@ def app(database_url: str) -> Iterator[Flask]:
     application = create_app(make_settings(database_url=database_url))
     register_test_routes(application)
     yield application
-    clear_redis_prefix(
-        application.extensions["redis"], application.extensions["settings"].redis_prefix
-    )
+    clear_redis_prefix(redis_of(application), settings_of(application).redis_prefix)
     with application.app_context():
         db.engine.dispose()
 
@@ -153,8 +172,8 @@ def clear_redis_prefix(client: Any, prefix: str) -> None:
 
 @pytest.fixture(autouse=True)
 def _clear_test_redis(app: Flask) -> None:
-    clear_redis_prefix(app.extensions["redis"], app.extensions["settings"].redis_prefix)
-    app.extensions["flags"].clear()  # flags cached inside an earlier, rolled-back test
+    clear_redis_prefix(redis_of(app), settings_of(app).redis_prefix)
+    flags_of(app).clear()  # flags cached inside an earlier, rolled-back test
 
 
 class _ConnectionBoundSession(FlaskSession):
@@ -231,7 +250,7 @@ PASSWORD = "correct-horse-battery-staple"
 @pytest.fixture(scope="session")
 def password_hash(app: Flask) -> str:
     """One real argon2id hash of `PASSWORD`, reused so that test users are cheap to make."""
-    from myapp.auth.passwords import hash_password
+    from myapp.core.passwords import hash_password
 
     with app.app_context():
         return hash_password(PASSWORD)

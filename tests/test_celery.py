@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 
 from myapp.core.redis import redis_key
-from tests.conftest import TEST_APP_NAME, redis_test_url
+from tests.conftest import TEST_APP_NAME, redis_of, redis_test_url
 from tests.support.servers import stop_process
 from tests.support.tasks import report_context
 
@@ -62,7 +62,7 @@ def worker(database_url):
 def wait_for_key(app: Flask, key: str, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = app.extensions["redis"].get(key)
+        value = redis_of(app).get(key)
         if value:
             return value
         time.sleep(0.1)
@@ -70,7 +70,7 @@ def wait_for_key(app: Flask, key: str, timeout: float = 30) -> str:
 
 
 def test_task_runs_in_app_context_with_the_request_id_of_its_caller(app, worker):
-    with app.test_request_context("/", headers={"X-Request-ID": "task-req-7"}):
+    with app.test_request_context("/v1/meta/error-codes", headers={"X-Request-ID": "task-req-7"}):
         app.preprocess_request()  # binds the request id as a real request would
         report_context.delay("t1")
         key = redis_key("test", "task", "t1")

@@ -6,13 +6,14 @@ from flask.views import MethodView
 
 from myapp.audit import service
 from myapp.audit.schemas import AuditLogSchema, AuditQueryArgs
-from myapp.auth import permissions as perms
-from myapp.core.api import Blueprint, Page
+from myapp.core import permissions as perms
+from myapp.core.api import Blueprint
+from myapp.core.paging import Page
 
 blp = Blueprint("audit", __name__, url_prefix="/v1/audit-logs", description="Audit trail")
 
 
-@blp.route("/")
+@blp.route("")
 class AuditLogs(MethodView):
     """The audit trail."""
 

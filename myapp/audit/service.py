@@ -2,7 +2,8 @@
 
 `record` adds a row to the caller's unit of work, so the entry commits or rolls back with
 the change it describes. Secret fields are dropped from `before`/`after`; phone numbers are
-masked.
+masked. Other domains name what happened with `audit.AuditAction` (re-exported here: they
+reach this domain only through its service).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 from sqlalchemy import select
 
 from myapp.audit.models import AuditAction, AuditLog
-from myapp.core.api import Page, offset_page
 from myapp.core.context import Actor, current_actor, current_client, current_request_id
 from myapp.core.logging import is_secret_key, mask_phone
+from myapp.core.paging import Page, offset_page
 from myapp.extensions import db
 
+__all__ = ["AuditAction", "list_logs", "record"]
 _PHONE_KEYS = frozenset({"phone"})
 
 

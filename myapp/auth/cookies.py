@@ -13,8 +13,9 @@ import hmac
 import secrets
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, request
 
+from myapp.core.config import current_settings
 from myapp.core.errors import AppError
 
 REFRESH_COOKIE = "refresh_token"
@@ -25,12 +26,12 @@ COOKIE_PATH = "/v1/auth"
 
 def enabled() -> bool:
     """True in cookie mode."""
-    return current_app.extensions["settings"].auth_refresh_cookie
+    return current_settings().auth_refresh_cookie
 
 
 def set_token_cookies(response: Response, pair: dict[str, Any]) -> None:
     """Move the refresh token from the body into cookies (with a fresh CSRF token)."""
-    max_age = current_app.extensions["settings"].jwt_refresh_token_expires
+    max_age = current_settings().jwt_refresh_token_expires
     common = {"max_age": max_age, "path": COOKIE_PATH, "secure": True, "samesite": "Strict"}
     response.set_cookie(REFRESH_COOKIE, pair["refresh_token"], httponly=True, **common)
     response.set_cookie(CSRF_COOKIE, secrets.token_urlsafe(32), httponly=False, **common)

@@ -1,4 +1,4 @@
-"""`/v1/auth`: register, login, refresh, logout, sessions, password."""
+"""`/v1/auth`: login, refresh, logout, sessions, password (sign-up lives with users)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,23 @@ import hashlib
 import uuid
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, jsonify, request
 from flask.views import MethodView
-from flask_limiter.util import get_remote_address
 
 from myapp.auth import cookies, service
 from myapp.auth.schemas import (
     LoginSchema,
     PasswordChangeSchema,
     RefreshSchema,
-    RegisterSchema,
     SessionSchema,
     TokenPairSchema,
 )
 from myapp.core.api import Blueprint
-from myapp.core.context import current_actor
-from myapp.core.security import feature_required
+from myapp.core.context import current_actor, current_credentials
+from myapp.core.ratelimit import setting
 from myapp.extensions import limiter
-from myapp.users import service as users_service
-from myapp.users.schemas import UserSchema, present_user
 
 blp = Blueprint("auth", __name__, url_prefix="/v1/auth", description="Login and tokens")
-
-
-def _limit(name: str) -> Any:
-    return lambda: getattr(current_app.extensions["settings"], name)
 
 
 def _account_key() -> str:
@@ -54,30 +46,13 @@ def _deliver(pair: dict[str, Any]) -> Any:
     return response
 
 
-@blp.route("/register")
-class Register(MethodView):
-    """Sign-up."""
-
-    @limiter.limit(_limit("ratelimit_register"), key_func=get_remote_address)
-    @feature_required("auth.registration")
-    @blp.doc(security=[])
-    @blp.arguments(RegisterSchema)
-    @blp.response(201, UserSchema)
-    @blp.alt_response(404, response="NOT_FOUND", description="Registration is turned off")
-    @blp.alt_response(409, response="CONFLICT")
-    def post(self, body: dict) -> dict:
-        """Create an account with the `user` role."""
-        user = users_service.register(**body)
-        return present_user(user, current_actor())
-
-
 @blp.route("/login")
 class Login(MethodView):
     """Login."""
 
-    @limiter.limit(_limit("ratelimit_login_per_ip"), key_func=get_remote_address)
+    @limiter.limit(setting("ratelimit_login_per_ip"))
     @limiter.limit(
-        _limit("ratelimit_login_per_account"), key_func=_account_key, deduct_when=_failed
+        setting("ratelimit_login_per_account"), key_func=_account_key, deduct_when=_failed
     )
     @blp.doc(security=[])
     @blp.arguments(LoginSchema)
@@ -93,7 +68,7 @@ class Login(MethodView):
 class Refresh(MethodView):
     """Token rotation."""
 
-    @limiter.limit(_limit("ratelimit_refresh"), key_func=get_remote_address)
+    @limiter.limit(setting("ratelimit_refresh"))
     @blp.doc(security=[])
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokenPairSchema)
@@ -117,7 +92,7 @@ class Logout(MethodView):
     def post(self) -> Any:
         """End this login: the access token and its refresh family stop working at once."""
         cookies.require_csrf()
-        service.logout()
+        service.logout(credentials=current_credentials())
         if cookies.enabled():
             response = Response(status=204)
             cookies.clear_token_cookies(response)

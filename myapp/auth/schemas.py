@@ -2,26 +2,18 @@
 
 import marshmallow as ma
 
-from myapp.auth.passwords import MAX_LENGTH, MIN_LENGTH
 from myapp.core.api import Schema
+from myapp.core.passwords import MAX_LENGTH, MIN_LENGTH
 
 
 def password_field(**kwargs: object) -> ma.fields.String:
-    """8..128 characters (API.md password policy); never dumped."""
+    """8..128 characters (the password policy); never dumped."""
     return ma.fields.String(
         required=True,
         load_only=True,
         validate=ma.validate.Length(min=MIN_LENGTH, max=MAX_LENGTH),
         **kwargs,
     )
-
-
-class RegisterSchema(Schema):
-    """Sign-up."""
-
-    email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
-    password = password_field()
-    name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=120))
 
 
 class LoginSchema(Schema):

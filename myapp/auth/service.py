@@ -1,29 +1,30 @@
-"""Auth use cases: login, refresh (rotation + reuse detection), logout, sessions, passwords.
+"""Auth use cases: login, refresh (rotation + reuse detection), logout, sessions, passwords,
+and resolving the caller of a request.
 
 Every use case owns its unit of work; audit rows commit with the change they describe.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask_jwt_extended import get_jwt
-from sqlalchemy import select, update
+from sqlalchemy import Exists, bindparam, func, select, update
 
 from myapp.audit import service as audit
-from myapp.audit.models import AuditAction
-from myapp.auth import passwords, tokens
+from myapp.auth import tokens
 from myapp.auth.models import AuthSession, RefreshToken
-from myapp.core.context import Actor, current_actor, current_client
-from myapp.core.db import new_id, unit_of_work
+from myapp.core import passwords
+from myapp.core.context import Actor, Credentials, current_actor, current_client
+from myapp.core.db import new_id, retry_on_disconnect, unit_of_work
 from myapp.core.errors import AppError
+from myapp.core.guards import deny_token
+from myapp.core.permissions import permissions_for
 from myapp.extensions import db
 from myapp.users import service as users_service
-
-hash_password = passwords.hash_password
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def login(*, email: str, password: str) -> dict[str, Any]:
     if not ok:
         with unit_of_work():
             audit.record(
-                action=AuditAction.LOGIN_FAILED,
+                action=audit.AuditAction.LOGIN_FAILED,
                 target_type="user",
                 target_id=user.id if user else None,
             )
@@ -92,7 +93,9 @@ def login(*, email: str, password: str) -> dict[str, Any]:
             user.password_hash = passwords.hash_password(password)
         pair = _open_session(user)
         actor = Actor(type="user", id=str(user.id))
-        audit.record(action=AuditAction.LOGIN, target_type="user", target_id=user.id, actor=actor)
+        audit.record(
+            action=audit.AuditAction.LOGIN, target_type="user", target_id=user.id, actor=actor
+        )
     return pair
 
 
@@ -112,7 +115,7 @@ def _revoke_family(session_id: uuid.UUID) -> None:
 
 def refresh(*, refresh_token: str) -> dict[str, Any]:
     """Spend `refresh_token` for a new pair. A spent token coming back revokes its family."""
-    claims = tokens.decode_refresh(refresh_token)
+    claims = tokens.verify(refresh_token, expected_type="refresh")
     actor = Actor(type="user", id=claims["sub"])
     with unit_of_work():
         row = db.session.execute(
@@ -126,7 +129,7 @@ def refresh(*, refresh_token: str) -> dict[str, Any]:
             return _rotate(row=row, claims=claims, actor=actor)
         _revoke_family(row.session_id)
         audit.record(
-            action=AuditAction.TOKEN_REUSE,
+            action=audit.AuditAction.TOKEN_REUSE,
             target_type="auth_session",
             target_id=row.session_id,
             actor=actor,
@@ -149,7 +152,7 @@ def _rotate(*, row: RefreshToken, claims: dict[str, Any], actor: Actor) -> dict[
     session.expires_at = tokens.refresh_expiry()
     pair = _issue(user, session, parent_id=row.id)
     audit.record(
-        action=AuditAction.TOKEN_REFRESH,
+        action=audit.AuditAction.TOKEN_REFRESH,
         target_type="auth_session",
         target_id=session.id,
         actor=actor,
@@ -157,13 +160,16 @@ def _rotate(*, row: RefreshToken, claims: dict[str, Any], actor: Actor) -> dict[
     return pair
 
 
-def logout() -> None:
+def logout(*, credentials: Credentials) -> None:
     """End the caller's login: its access token at once (Redis), its refresh family (DB)."""
-    claims = get_jwt()
-    tokens.denylist_access_token(claims)
+    deny_token(credentials.token_id, credentials.expires_at)
     with unit_of_work():
-        _revoke_family(uuid.UUID(claims["fam"]))
-        audit.record(action=AuditAction.LOGOUT, target_type="auth_session", target_id=claims["fam"])
+        _revoke_family(uuid.UUID(credentials.session_id))
+        audit.record(
+            action=audit.AuditAction.LOGOUT,
+            target_type="auth_session",
+            target_id=credentials.session_id,
+        )
 
 
 def list_sessions(*, actor: Actor) -> list[SessionView]:
@@ -198,12 +204,18 @@ def revoke_session(*, session_id: uuid.UUID, actor: Actor) -> None:
             raise AppError("NOT_FOUND")
         _revoke_family(session.id)
         audit.record(
-            action=AuditAction.SESSION_REVOKE, target_type="auth_session", target_id=session.id
+            action=audit.AuditAction.SESSION_REVOKE,
+            target_type="auth_session",
+            target_id=session.id,
         )
 
 
-def revoke_all_sessions(*, user_id: uuid.UUID) -> None:
-    """End every login of a user (inside the caller's unit of work)."""
+def end_all_sessions(_sender: Any = None, *, user_id: uuid.UUID) -> None:
+    """End every login of a user (inside the caller's unit of work).
+
+    Connected to `users_service.tokens_revoked` by the factory: whatever ends a user's
+    tokens (password or role change, suspension, deletion) also ends their logins.
+    """
     open_sessions = db.session.execute(
         select(AuthSession.id).where(
             AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
@@ -213,13 +225,48 @@ def revoke_all_sessions(*, user_id: uuid.UUID) -> None:
         _revoke_family(session_id)
 
 
-def token_subject(claims: dict[str, Any]) -> tuple[Any, bool]:
-    """For an access token: its user if still valid for it, and whether its login is open."""
-    user = users_service.get_active(user_id=uuid.UUID(claims["sub"]))
-    if user is None or user.token_version != claims.get("ver"):
-        return None, False
-    session = db.session.get(AuthSession, uuid.UUID(claims["fam"]))
-    return user, session is not None and session.revoked_at is None
+@functools.cache
+def _login_open() -> Exists:
+    """`the token's login session is still open`, for `users_service.load_with_roles`."""
+    return (
+        select(AuthSession.id)
+        .where(
+            AuthSession.id == bindparam("session_id"),
+            AuthSession.user_id == bindparam("user_id"),
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > func.now(),
+        )
+        .exists()
+    )
+
+
+def resolve_caller(*, credentials: Credentials) -> tuple[Actor, Any]:
+    """The actor behind a verified access token, and its user row, in one SQL statement.
+
+    The user with roles and token_version, and whether the token's login is still open,
+    come back together. 401 `AUTH_TOKEN_REVOKED` when the user is gone, inactive, has
+    moved to a newer token version, or the login was ended.
+    """
+    user_id, session_id = uuid.UUID(credentials.user_id), uuid.UUID(credentials.session_id)
+    found = retry_on_disconnect(
+        lambda: users_service.load_with_roles(
+            user_id=user_id, also=_login_open(), params={"session_id": session_id}
+        )
+    )
+    if found is None:
+        raise AppError("AUTH_TOKEN_REVOKED")
+    user, still_open = found
+    if not (still_open and user.is_active and user.token_version == credentials.token_version):
+        raise AppError("AUTH_TOKEN_REVOKED")
+    roles = frozenset(user.role_names)
+    actor = Actor(
+        type="user",
+        id=str(user.id),
+        roles=roles,
+        permissions=permissions_for(roles),
+        session_id=credentials.session_id,
+    )
+    return actor, user
 
 
 def change_password(*, current_password: str, new_password: str) -> None:
@@ -231,4 +278,6 @@ def change_password(*, current_password: str, new_password: str) -> None:
     new_hash = passwords.hash_password(new_password)
     with unit_of_work():
         users_service.set_password_hash(user=user, password_hash=new_hash)
-        audit.record(action=AuditAction.PASSWORD_CHANGE, target_type="user", target_id=user.id)
+        audit.record(
+            action=audit.AuditAction.PASSWORD_CHANGE, target_type="user", target_id=user.id
+        )

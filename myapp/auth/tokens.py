@@ -1,55 +1,41 @@
-"""JWTs: issuing access/refresh pairs, verifying access tokens, decoding refresh tokens.
+"""JWTs: issuing access/refresh pairs (flask-jwt-extended) and verifying them (PyJWT).
 
-Access tokens carry `sub` (user id), `roles`, `ver` (the user's token_version), `fam` (the
-login session) and `type`. An access token stops working when its jti is denylisted
-(logout), its session is revoked (logout, session end, refresh-token reuse), or the user's
-token_version moved on (password or role change, suspension, deletion).
+Both kinds carry `sub` (user id), `ver` (the user's token_version), `fam` (the login
+session), `jti` and `type`; access tokens also carry `roles` (informational: permissions
+come from the database). Verification is pure computation: HS256 only (so `alg: none` and
+key confusion are refused), expiry without leeway, every claim present and well formed.
+Whether a verified access token still counts (denylist, login session, token_version) is
+decided by the request pipeline's later steps.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
-import jwt as pyjwt
-import redis.exceptions
-from flask import current_app, g, request
-from flask_jwt_extended import (
-    create_access_token,
-    create_refresh_token,
-    decode_token,
-    get_jwt,
-    verify_jwt_in_request,
-)
-from flask_jwt_extended import exceptions as jwt_errors
+import jwt
+from flask import g, request
+from flask_jwt_extended import create_access_token, create_refresh_token
 
-from myapp.auth.permissions import permissions_for
-from myapp.core.context import Actor, bind_actor
+from myapp.core.config import current_settings
+from myapp.core.context import Credentials
 from myapp.core.errors import AppError
-from myapp.core.logging import get_logger
-from myapp.core.redis import redis_client, redis_key
-from myapp.extensions import jwt
+from myapp.settings import Settings
 
-log = get_logger(__name__)
-
-_INVALID = (
-    pyjwt.InvalidTokenError,
-    jwt_errors.JWTDecodeError,
-    jwt_errors.WrongTokenError,
-    jwt_errors.UserLookupError,
-    jwt_errors.InvalidHeaderError,
-    jwt_errors.CSRFError,
-    jwt_errors.FreshTokenRequired,
-    jwt_errors.UserClaimsVerificationError,
-)
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("exp", "iat", "sub", "jti", "type", "ver", "fam")
+BEARER_PREFIX = "Bearer "
 
 
-def jwt_config(settings: Any) -> dict[str, Any]:
-    """flask-jwt-extended settings: HS256 only (so `alg: none` is refused), headers only."""
+def jwt_config(settings: Settings) -> dict[str, Any]:
+    """flask-jwt-extended settings for issuing tokens."""
     return {
-        "JWT_ALGORITHM": "HS256",
-        "JWT_DECODE_ALGORITHMS": ["HS256"],
+        "JWT_ALGORITHM": ALGORITHM,
+        "JWT_DECODE_ALGORITHMS": [ALGORITHM],
         "JWT_TOKEN_LOCATION": ["headers"],
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(seconds=settings.jwt_access_token_expires),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(seconds=settings.jwt_refresh_token_expires),
@@ -69,106 +55,89 @@ def issue_pair(*, user: Any, session_id: uuid.UUID, refresh_id: uuid.UUID) -> di
             "jti": str(refresh_id),
         },
     )
-    settings = current_app.extensions["settings"]
     return {
         "access_token": access,
         "refresh_token": refresh,
         "token_type": "Bearer",
-        "expires_in": settings.jwt_access_token_expires,
+        "expires_in": current_settings().jwt_access_token_expires,
     }
 
 
 def refresh_expiry() -> datetime:
     """When a refresh token issued now expires."""
-    seconds = current_app.extensions["settings"].jwt_refresh_token_expires
+    seconds = current_settings().jwt_refresh_token_expires
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-def decode_refresh(encoded: str) -> dict[str, Any]:
-    """Verified claims of a refresh token; AppError with the API.md code otherwise."""
+def _is_uuid(value: Any) -> bool:
     try:
-        claims = decode_token(encoded)
-    except pyjwt.ExpiredSignatureError:
-        raise AppError("AUTH_TOKEN_EXPIRED") from None
-    except _INVALID:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _signed_claims(encoded: str, secret: str) -> MappingProxyType[str, Any]:
+    """Signature and structure checked, expiry not: the result may be cached and shared.
+
+    Clients send the same access token for its whole life; remembering which strings were
+    verified saves the HMAC and parsing on every later request. Expiry is checked by the
+    caller each time. Failures raise and are never cached.
+    """
+    claims = jwt.decode(
+        encoded,
+        secret,
+        algorithms=[ALGORITHM],
+        options={"require": ["exp"], "verify_exp": False},
+    )
+    return MappingProxyType(claims)  # shared between requests: read-only
+
+
+def verify(encoded: str, *, expected_type: str) -> MappingProxyType[str, Any]:
+    """The claims of a token of `expected_type`; AppError with the catalog code otherwise."""
+    try:
+        claims = _signed_claims(encoded, current_settings().jwt_secret_key.get_secret_value())
+    except jwt.PyJWTError:
         raise AppError("AUTH_TOKEN_INVALID") from None
-    if claims.get("type") != "refresh":
-        raise AppError("AUTH_TOKEN_INVALID", "A refresh token is required.")
+    if not isinstance(claims["exp"], int | float) or claims["exp"] <= time.time():
+        raise AppError("AUTH_TOKEN_EXPIRED")  # signed by us: "log in again" is the answer
+    well_formed = (
+        all(name in claims for name in REQUIRED_CLAIMS)
+        and _is_uuid(claims["sub"])
+        and _is_uuid(claims["fam"])
+        and _is_uuid(claims["jti"])
+        and isinstance(claims["ver"], int)
+    )
+    if not well_formed:
+        raise AppError("AUTH_TOKEN_INVALID")
+    if claims["type"] != expected_type:
+        raise AppError("AUTH_TOKEN_INVALID", f"A {expected_type} token is required.")
     return claims
 
 
-def _denylist_key(jti: str) -> str:
-    return redis_key("denylist", "jti", jti)
+def read_bearer_token() -> None:
+    """Pipeline step: verify the bearer access token, if any, without I/O.
 
-
-def denylist_access_token(claims: dict[str, Any]) -> None:
-    """Refuse this access token until it expires anyway (Redis; fails closed)."""
-    ttl = max(int(claims["exp"] - datetime.now(UTC).timestamp()), 1)
-    redis_client().set(_denylist_key(claims["jti"]), "1", ex=ttl)
-
-
-def _is_denylisted(jti: str) -> bool:
-    try:
-        return bool(redis_client().exists(_denylist_key(jti)))
-    except redis.exceptions.RedisError:
-        # The database check below still refuses logged-out tokens (their session is
-        # revoked), so an outage of Redis does not lock every user out.
-        log.warning("auth.denylist_unavailable")
-        return False
-
-
-def _access_revoked(_header: dict[str, Any], claims: dict[str, Any]) -> bool:
-    from myapp.auth import service as auth_service
-
-    if claims.get("type") != "access":
-        return False  # wrong type is reported as invalid, not revoked
-    if _is_denylisted(claims["jti"]):
-        return True
-    user, active_session = auth_service.token_subject(claims)
-    g.token_user = user
-    return user is None or not active_session
-
-
-def _lookup_user(_header: dict[str, Any], _claims: dict[str, Any]) -> Any:
-    return g.get("token_user")
-
-
-def install_jwt_callbacks() -> None:
-    """Wire the revocation and user lookups into flask-jwt-extended (once per process)."""
-    jwt.token_in_blocklist_loader(_access_revoked)
-    jwt.user_lookup_loader(_lookup_user)
-
-
-_ACTOR_KEY = "myapp.authenticated_actor"
-
-
-def authenticate() -> Actor:
-    """Verify the bearer access token and bind its actor; AppError with the API.md code.
-
-    Verified once per request (idempotency scoping and the route guard both ask).
+    Leaves `g.credentials` for a valid token. An invalid one is remembered
+    (`g.credentials_error`) and raised only if the route needs a caller, after the request
+    has spent the client address's budget: forged tokens buy no budget of their own.
     """
-    cached = request.environ.get(_ACTOR_KEY)
-    if cached is not None:
-        return cached
+    header = request.headers.get("Authorization")
+    if not header:
+        return
+    if not header.startswith(BEARER_PREFIX):
+        g.credentials_error = AppError("AUTH_TOKEN_INVALID", "Use `Authorization: Bearer`.")
+        return
     try:
-        verify_jwt_in_request()
-    except jwt_errors.NoAuthorizationError:
-        raise AppError("AUTH_REQUIRED") from None
-    except pyjwt.ExpiredSignatureError:
-        raise AppError("AUTH_TOKEN_EXPIRED") from None
-    except jwt_errors.RevokedTokenError:
-        raise AppError("AUTH_TOKEN_REVOKED") from None
-    except _INVALID:
-        raise AppError("AUTH_TOKEN_INVALID") from None
-    claims = get_jwt()
-    roles = frozenset(claims.get("roles", []))
-    actor = Actor(
-        type="user",
-        id=claims["sub"],
-        roles=roles,
-        permissions=permissions_for(roles),
-        session_id=claims.get("fam"),
+        claims = verify(header[len(BEARER_PREFIX) :].strip(), expected_type="access")
+    except AppError as error:
+        g.credentials_error = error
+        return
+    g.credentials = Credentials(
+        user_id=str(claims["sub"]),
+        session_id=str(claims["fam"]),
+        token_id=str(claims["jti"]),
+        token_version=claims["ver"],
+        expires_at=int(claims["exp"]),
     )
-    bind_actor(actor)
-    request.environ[_ACTOR_KEY] = actor
-    return actor

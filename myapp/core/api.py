@@ -4,7 +4,7 @@ Domains import `Blueprint`, `Schema`, the paging argument schemas and helpers fr
 
     blp = Blueprint("users", __name__, url_prefix="/v1/users")
 
-    @blp.route("/")
+    @blp.route("")
     class Users(MethodView):
         @blp.arguments(OffsetPageArgs, location="query")
         @blp.response(200, UserSchema(many=True), page="offset")
@@ -18,24 +18,16 @@ The view returns plain data (or a `Page`); the blueprint wraps it as
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from functools import wraps
 from typing import Any, Literal
 
 import flask_smorest
 import marshmallow as ma
-from sqlalchemy import Select, func, literal, select, tuple_
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from myapp.core.errors import AppError
-from myapp.core.security import require_auth
-from myapp.extensions import db
+from myapp.core.paging import Page
+from myapp.core.pipeline import caller_required
 
 PageKind = Literal["offset", "cursor", "any"]
 MAX_PER_PAGE = 100
@@ -122,14 +114,6 @@ class CursorPageArgs(Schema):
     limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
 
 
-@dataclass(slots=True)
-class Page:
-    """A slice of a list plus its paging metadata (already camelCase-free, dumped by schema)."""
-
-    items: Sequence[Any]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
 _META_SCHEMAS: dict[str, type[Schema]] = {
     "offset": OffsetMetaSchema,
     "cursor": CursorMetaSchema,
@@ -165,7 +149,7 @@ def success_envelope(
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """A smorest blueprint whose responses carry the API.md envelope."""
+    """A smorest blueprint whose responses carry the envelope of docs/api.md."""
 
     def response(
         self,
@@ -179,8 +163,8 @@ class Blueprint(flask_smorest.Blueprint):
     ) -> Callable:
         """Like smorest's `response`, but wrapping data (and paging) in the envelope.
 
-        `envelope=False` is for the few operational routes whose shape API.md fixes
-        otherwise (health). A view may still return a `(data, status, headers)` tuple.
+        `envelope=False` is for the few operational routes whose shape is fixed
+        otherwise (health probes). A view may still return a `(data, status, headers)` tuple.
         """
         if schema is None or not envelope:
             return super().response(status_code, schema, **kwargs)
@@ -208,11 +192,12 @@ class Blueprint(flask_smorest.Blueprint):
     def auth(self, permission: str | None = None, *, admin: bool = False) -> Callable:
         """Require a bearer token (and `permission`), and say so in the OpenAPI document.
 
+        The request pipeline checks it before the view runs (see `caller_required`).
         `admin=True` marks an admin route: callable only from `ADMIN_ALLOWED_CIDRS` when set.
         """
 
         def decorator(view: Callable) -> Callable:
-            guarded = require_auth(permission, admin=admin)(view)
+            guarded = caller_required(permission, admin=admin)(view)
             guarded = self.doc(security=[{"bearerAuth": []}])(guarded)
             guarded = self.alt_response(401, response="UNAUTHORIZED")(guarded)
             if permission:
@@ -232,75 +217,3 @@ class Api(flask_smorest.Api):
 
 
 api = Api()
-
-
-def offset_page(statement: Select, *, page: int, per_page: int, session: Any = None) -> Page:
-    """Run `statement` for one offset page and count the total."""
-    session = session or db.session
-    total = session.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
-    items = session.execute(statement.limit(per_page).offset((page - 1) * per_page)).scalars()
-    meta = {
-        "page": page,
-        "per_page": per_page,
-        "total": total,
-        "total_pages": math.ceil(total / per_page) if total else 0,
-    }
-    return Page(items=list(items), meta=meta)
-
-
-def encode_cursor(values: Sequence[Any]) -> str:
-    """Opaque, URL-safe cursor for keyset paging."""
-    raw = json.dumps([str(v) for v in values], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, size: int) -> list[str]:
-    """Inverse of `encode_cursor`; a tampered cursor is a 400."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise AppError("BAD_REQUEST", "Invalid cursor.") from None
-    if not isinstance(values, list) or len(values) != size:
-        raise AppError("BAD_REQUEST", "Invalid cursor.")
-    return values
-
-
-def cursor_page(
-    statement: Select,
-    *,
-    keys: Sequence[Any],
-    cursor: str | None,
-    limit: int,
-    descending: bool = False,
-    session: Any = None,
-) -> Page:
-    """Keyset paging on `keys` (unique together, e.g. `(created_at, id)`).
-
-    Rows inserted between calls never shift a page: each page starts strictly after the
-    last row of the previous one.
-    """
-    session = session or db.session
-    key_tuple = tuple_(*keys)
-    if cursor:
-        after = decode_cursor(cursor, len(keys))
-        bound = tuple_(*(_typed(k, v) for k, v in zip(keys, after, strict=True)))
-        statement = statement.where(key_tuple < bound if descending else key_tuple > bound)
-    order = [k.desc() if descending else k.asc() for k in keys]
-    rows = list(session.execute(statement.order_by(*order).limit(limit + 1)).scalars())
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = None
-    if has_more and rows:
-        next_cursor = encode_cursor([getattr(rows[-1], k.key) for k in keys])
-    return Page(items=rows, meta={"next_cursor": next_cursor, "has_more": has_more})
-
-
-def _typed(column: Any, value: str) -> Any:
-    """Bind a cursor value with the column's type so PostgreSQL compares it correctly."""
-    try:
-        python_type = column.type.python_type
-        parsed = datetime.fromisoformat(value) if python_type is datetime else python_type(value)
-    except (NotImplementedError, TypeError, ValueError):
-        raise AppError("BAD_REQUEST", "Invalid cursor.") from None
-    return literal(parsed, type_=column.type)

@@ -1,18 +1,20 @@
-"""Request-scoped context: request id and actor, kept in contextvars.
+"""Request-scoped context: request id, credentials and actor.
 
-Contextvars are per greenlet under gevent and per thread otherwise, so every log line,
-SQL comment and outgoing task message of a request can read them without passing them
-around.
+The request id and the actor live in contextvars (per greenlet under gevent, per thread
+otherwise), so every log line, SQL comment, audit row and outgoing task message of a
+request can read them without passing them around. What the pipeline's steps leave for
+later steps (the verified `Credentials`, the resolved caller) lives on `flask.g`.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import structlog
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 from ulid import ULID
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -47,6 +49,21 @@ class Client:
 
     ip: str | None = None
     user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A bearer access token whose signature, expiry, type and claims were verified.
+
+    Verified without I/O; whether it was revoked is decided by later steps (denylist in
+    Redis, user and login session in PostgreSQL).
+    """
+
+    user_id: str
+    session_id: str
+    token_id: str
+    token_version: int
+    expires_at: int
 
 
 ANONYMOUS = Actor(type="anonymous")
@@ -94,6 +111,11 @@ def current_client() -> Client:
     return client_var.get()
 
 
+def current_credentials() -> Credentials | None:
+    """The verified bearer token of this request, if it carried a valid one."""
+    return g.get("credentials")
+
+
 def clear_context() -> None:
     """Forget the request id and actor at the end of a request or task."""
     request_id_var.set(None)
@@ -102,22 +124,28 @@ def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
 
 
-def register_request_context(app: Flask) -> None:
-    """Bind a request id before anything else runs and echo it on every response."""
+def bind_request() -> None:
+    """Pipeline step 1: request id (the client's when well formed), client, anonymous actor.
 
-    @app.before_request
-    def _bind_request_context() -> None:
-        g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
-        bind_request_id(g.request_id)
-        bind_actor(ANONYMOUS)
-        agent = request.user_agent.string[:300] or None
-        client_var.set(Client(ip=request.remote_addr, user_agent=agent))
+    The request starts from an empty `g` even when it shares an application context with
+    earlier requests (tests keep one open around several): later steps trust that what
+    they find there was left by this request.
+    """
+    vars(g).clear()
+    g.request_started = time.perf_counter()
+    g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    bind_request_id(g.request_id)
+    bind_actor(ANONYMOUS)
+    agent = request.user_agent.string[:300] or None
+    client_var.set(Client(ip=request.remote_addr, user_agent=agent))
 
-    @app.after_request
-    def _echo_request_id(response: Response) -> Response:
-        response.headers[REQUEST_ID_HEADER] = current_request_id() or new_request_id()
-        return response
 
-    @app.teardown_request
-    def _clear_request_context(_: BaseException | None) -> None:
-        clear_context()
+def echo_request_id(response: Response) -> Response:
+    """Every response names its request."""
+    response.headers[REQUEST_ID_HEADER] = current_request_id() or new_request_id()
+    return response
+
+
+def forget_request(_: BaseException | None = None) -> None:
+    """Teardown: nothing of this request leaks into the next one on this greenlet."""
+    clear_context()

@@ -17,56 +17,29 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from flask import current_app
+from flask import Flask, current_app
+
+from myapp.core.db import new_id
+from myapp.settings import KEY_BYTES, KEY_ID_PATTERN, Settings, decode_key, parse_key_ring
 
 VERSION = "v1"
-KEY_BYTES = 32
 NONCE_BYTES = 12
-_KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_EXTENSION = "myapp.crypto"
 
 
 class CryptoError(Exception):
     """A ciphertext that cannot be decrypted (unknown key, tampered, or moved)."""
 
 
-def decode_key(encoded: str) -> bytes:
-    """Base64 (standard or URL-safe) of exactly 32 bytes."""
-    try:
-        raw = base64.b64decode(encoded.strip() + "=" * (-len(encoded.strip()) % 4), altchars=b"-_")
-    except (binascii.Error, ValueError):
-        raise ValueError("a key is not valid base64") from None
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"a key must be {KEY_BYTES} bytes (base64 of 32 random bytes)")
-    return raw
-
-
-def parse_key_ring(value: str) -> dict[str, bytes]:
-    """`kid:base64,kid:base64` -> ordered {kid: key}; errors never include key material."""
-    ring: dict[str, bytes] = {}
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        kid, sep, encoded = item.partition(":")
-        if not sep or not _KID_RE.fullmatch(kid):
-            raise ValueError("each entry must be kid:base64key with kid in [A-Za-z0-9_-]")
-        if kid in ring:
-            raise ValueError(f"key id {kid!r} appears twice")
-        ring[kid] = decode_key(encoded)
-    if not ring:
-        raise ValueError("at least one key is required")
-    return ring
-
-
 def generate_key(kid: str) -> str:
     """A new ring entry `kid:base64key` from 32 random bytes."""
-    if not _KID_RE.fullmatch(kid):
+    if not KEY_ID_PATTERN.fullmatch(kid):
         raise ValueError("kid must match [A-Za-z0-9_-]{1,32}")
     return f"{kid}:{base64.b64encode(os.urandom(KEY_BYTES)).decode()}"
 
@@ -124,7 +97,7 @@ def blind_index(value: str, *, key: bytes, context: str) -> str:
 
 @dataclass(frozen=True)
 class Crypto:
-    """The application's key ring and blind-index key (`app.extensions["crypto"]`)."""
+    """The application's key ring and blind-index key."""
 
     ring: KeyRing
     index_key: bytes
@@ -134,9 +107,17 @@ class Crypto:
         return blind_index(value, key=self.index_key, context=context)
 
 
+def init_crypto(app: Flask, settings: Settings) -> None:
+    """Build the app's key ring and blind-index key from settings."""
+    app.extensions[_EXTENSION] = Crypto(
+        ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
+        index_key=decode_key(settings.blind_index_key.get_secret_value()),
+    )
+
+
 def crypto() -> Crypto:
     """The current application's `Crypto`."""
-    return current_app.extensions["crypto"]
+    return current_app.extensions[_EXTENSION]
 
 
 def row_aad(table: str, column: str, row_id: Any) -> str:
@@ -177,8 +158,6 @@ class EncryptedField:
             setattr(obj, self.index_attr, None)
             return
         if obj.id is None:
-            from myapp.core.db import new_id
-
             obj.id = new_id()
         normalised = self.normalise(value)
         box = crypto()

@@ -3,23 +3,37 @@
 Primary keys are ULIDs stored as native `uuid`: time-ordered (index friendly, keyset
 pageable) and still a standard type for every tool. Timestamps come from the database
 clock, never from a default evaluated once at import.
+
+Requests with a safe method (GET, HEAD) read in autocommit mode: each statement is its
+own transaction, so a read costs one round trip instead of three (BEGIN, the statement,
+ROLLBACK). Under READ COMMITTED every statement sees a fresh snapshot either way, so reads
+see exactly what they would inside a transaction. Anything that writes goes through
+`unit_of_work()`, which always runs in a real transaction.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Engine, Uuid, event, func
+from flask import Flask, request
+from sqlalchemy import DateTime, Uuid, event, func
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from ulid import ULID
 
 from myapp.core.context import current_request_id
-from myapp.extensions import db
+from myapp.core.logging import get_logger
+from myapp.extensions import AUTOCOMMIT_READS, db
 from myapp.settings import Settings
+
+T = TypeVar("T")
+log = get_logger(__name__)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def new_id() -> uuid.UUID:
@@ -66,13 +80,20 @@ class SoftDeleteMixin:
 
 
 def engine_options(settings: Settings) -> dict[str, Any]:
-    """SQLAlchemy engine options: pool sized for the worker's greenlets, bounded waits."""
+    """SQLAlchemy engine options: a bounded pool per process, bounded waits everywhere.
+
+    Greenlets beyond `pool_size + max_overflow` queue for a connection for at most
+    `pool_timeout` seconds, then the request is answered 503. No pre-ping by default: it
+    would cost a round trip per request; a connection found dead (database restarted)
+    invalidates the whole pool instead, and `retry_on_disconnect` repeats the read that
+    found it.
+    """
     return {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout,
         "pool_recycle": settings.db_pool_recycle,
-        "pool_pre_ping": True,
+        "pool_pre_ping": settings.db_pool_pre_ping,
         "connect_args": {
             "connect_timeout": settings.db_connect_timeout,
             "application_name": f"{settings.app_name}-{settings.app_env}",
@@ -81,12 +102,34 @@ def engine_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def read_safe_methods_in_autocommit() -> None:
+    """Pipeline step: a GET or HEAD reads in autocommit mode (see the module docstring)."""
+    if request.method in SAFE_METHODS:
+        session = db.session()
+        session.info[AUTOCOMMIT_READS] = True
+        session.expire_on_commit = False  # `release_connection` keeps what was read
+
+
+def release_connection() -> None:
+    """While reading in autocommit mode, hand the connection back to the pool now.
+
+    What was loaded stays usable (and in the identity map); a later read checks a
+    connection out again. A request that would otherwise hold its connection through
+    serialisation and logging frees it for the other greenlets of the worker at once.
+    """
+    session = db.session()
+    if session.info.get(AUTOCOMMIT_READS) and session.in_transaction():
+        session.commit()  # nothing to commit in autocommit mode: this only releases
+
+
 def _comment_with_request_id(  # noqa: PLR0913 - SQLAlchemy's event signature
     conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> tuple[str, Any]:
-    """Append `/* request_id=... */` so slow-query logs and pg_stat_activity name the request.
+    """Append `/* request_id=... */` so PostgreSQL's own logs and pg_stat_activity name it.
 
-    Request ids are restricted to `[A-Za-z0-9._-]`, so they cannot close the comment.
+    Request ids are restricted to `[A-Za-z0-9._-]`, so they cannot close the comment. The
+    price: every statement's text is unique, so psycopg never prepares it and PostgreSQL
+    plans it every time (see `DB_SQL_COMMENTS`).
     """
     request_id = current_request_id()
     if request_id:
@@ -94,10 +137,49 @@ def _comment_with_request_id(  # noqa: PLR0913 - SQLAlchemy's event signature
     return statement, parameters
 
 
-def install_sql_comments() -> None:
-    """Register the request-id comment on every engine, once per process."""
-    if not event.contains(Engine, "before_cursor_execute", _comment_with_request_id):
-        event.listen(Engine, "before_cursor_execute", _comment_with_request_id, retval=True)
+def _start_clock(conn: Any, *_: Any) -> None:
+    conn.info["query_started"] = time.perf_counter()  # a connection runs one at a time
+
+
+def _log_if_slow(slow_ms: float) -> Callable[..., None]:
+    def log_if_slow(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        started = conn.info.pop("query_started", time.perf_counter())
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if elapsed_ms >= slow_ms:
+            log.warning("db.slow_query", duration_ms=round(elapsed_ms, 1), sql=statement[:500])
+
+    return log_if_slow
+
+
+def init_db(app: Flask, settings: Settings) -> None:
+    """Instrument the app's engine: slow-query log lines, request-id comments if enabled.
+
+    A statement slower than `DB_SLOW_QUERY_MS` is logged with its text (never its
+    parameters) and, like every log line, the request id.
+    """
+    with app.app_context():
+        engine = db.engine
+    if settings.db_slow_query_ms > 0:
+        event.listen(engine, "before_cursor_execute", _start_clock)
+        event.listen(engine, "after_cursor_execute", _log_if_slow(settings.db_slow_query_ms))
+    if settings.db_sql_comments:
+        event.listen(engine, "before_cursor_execute", _comment_with_request_id, retval=True)
+
+
+def retry_on_disconnect(read: Callable[[], T]) -> T:
+    """Run `read`; if its pooled connection was dead (a database restart), run it once more.
+
+    Only for a read that opens the request's work (nothing written yet, so repeating it is
+    safe). SQLAlchemy has already invalidated the pool, so the retry gets a new connection.
+    """
+    try:
+        return read()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        db.session.rollback()
+        log.info("db.reconnected", error_type=type(error.orig).__name__)
+        return read()
 
 
 @contextmanager
@@ -109,6 +191,9 @@ def unit_of_work(session: Session | None = None) -> Iterator[Session]:
     """
     session = session or db.session
     depth = session.info.get("uow_depth", 0)
+    if depth == 0 and session.info.pop(AUTOCOMMIT_READS, False):
+        session.commit()  # end the autocommit reads: what follows is one real transaction
+        session.expire_on_commit = True
     session.info["uow_depth"] = depth + 1
     try:
         yield session

@@ -109,7 +109,7 @@ class AppError(Exception):
 
 
 def error_body(code: str, message: str, details: list[Mapping[str, str]] | None = None) -> dict:
-    """The failure envelope of API.md."""
+    """The failure envelope (docs/api.md)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if details:
         error["details"] = details

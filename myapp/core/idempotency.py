@@ -1,4 +1,4 @@
-"""`Idempotency-Key` for POST, PUT and PATCH (API.md "Idempotency").
+"""`Idempotency-Key` for POST, PUT and PATCH (docs/api.md, "Idempotency").
 
 The first request with a key takes it atomically in Redis (`SET NX`, expiring after
 `IDEMPOTENCY_LOCK_SECONDS` in case its process dies) and runs; its answer (status, a few
@@ -9,8 +9,8 @@ with the same key and caller:
 - still running: 409 `IDEMPOTENCY_KEY_IN_USE`;
 - anything else: 422 `IDEMPOTENCY_KEY_MISMATCH`.
 
-Keys are scoped to the caller: the verified user, or the client address when anonymous.
-If Redis is down the request is refused with 503 rather than risk running twice.
+Keys are scoped to the caller: the user of the verified token, or the client address when
+anonymous. If Redis is down the request is refused with 503 rather than risk running twice.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
-from flask import Flask, Response, current_app, g, request
+from flask import Response, g, request
 
+from myapp.core.config import current_settings
+from myapp.core.context import current_credentials
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
+from myapp.core.pipeline import current_route_policy
 from myapp.core.redis import redis_client, redis_key
 
 HEADER = "Idempotency-Key"
@@ -47,23 +49,10 @@ IDEMPOTENCY_KEY_PARAMETER = {
 log = get_logger(__name__)
 
 
-def idempotency_required(view: Callable) -> Callable:
-    """Mark a view whose callers must send an `Idempotency-Key` (400 without one)."""
-    view.idempotency_required = True
-    return view
-
-
-def _required_for_this_view() -> bool:
-    view = current_app.view_functions.get(request.endpoint or "")
-    handler = getattr(getattr(view, "view_class", None), request.method.lower(), view)
-    return bool(getattr(handler, "idempotency_required", False))
-
-
 def _caller_scope() -> str:
-    if request.headers.get("Authorization"):
-        actor = current_app.extensions["authenticate"]()  # verified, or 401
-        return f"user:{actor.id}"
-    return f"ip:{request.remote_addr}"
+    """The verified token's user (checked by the earlier steps), else the client address."""
+    credentials = current_credentials()
+    return f"user:{credentials.user_id}" if credentials else f"ip:{request.remote_addr}"
 
 
 def _fingerprint() -> str:
@@ -85,14 +74,14 @@ def _replay(record: dict[str, Any]) -> Response:
     return response
 
 
-def _begin() -> Response | None:
-    """before_request: take the key, replay, or refuse."""
-    settings = current_app.extensions["settings"]
+def begin() -> Response | None:
+    """Step: take the key, replay a finished answer, or refuse."""
+    settings = current_settings()
     if not settings.idempotency_enabled or request.method not in METHODS:
         return None
     key = request.headers.get(HEADER)
     if key is None:
-        if _required_for_this_view():
+        if current_route_policy().idempotency_key:
             raise AppError("BAD_REQUEST", f"This request requires an {HEADER} header.")
         return None
     if not _VALID_KEY.fullmatch(key):
@@ -117,8 +106,8 @@ def _begin() -> Response | None:
     raise AppError("IDEMPOTENCY_KEY_IN_USE")
 
 
-def _finish(response: Response) -> Response:
-    """after_request: keep the answer, except 5xx, 429 and streams: those release the key.
+def finish(response: Response) -> Response:
+    """Finisher: keep the answer, except 5xx, 429 and streams: those release the key.
 
     A 429 means the request never ran (the limiter refused it after the key was taken), so
     the client's retry with the same key must run, not replay the refusal.
@@ -127,7 +116,7 @@ def _finish(response: Response) -> Response:
     if held is None:
         return response
     store_key, fingerprint = held
-    settings = current_app.extensions["settings"]
+    settings = current_settings()
     try:
         if response.status_code >= 500 or response.status_code == 429 or response.is_streamed:
             redis_client().delete(store_key)
@@ -146,18 +135,11 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def _release_on_error(_: BaseException | None) -> None:
-    """teardown: a request that died before after_request must not keep its key."""
+def release(_: BaseException | None = None) -> None:
+    """Cleanup: a request that died before its answer was kept must not keep its key."""
     held = g.pop("idempotency", None)
     if held is not None:
         try:
             redis_client().delete(held[0])
         except redis.exceptions.RedisError:
             log.warning("idempotency.release_failed")  # the key expires with its lock
-
-
-def register_idempotency(app: Flask) -> None:
-    """Install the hooks (after the request id, so refusals carry it)."""
-    app.before_request(_begin)
-    app.after_request(_finish)
-    app.teardown_request(_release_on_error)

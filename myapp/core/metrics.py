@@ -2,17 +2,25 @@
 
 Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set by `docker/gunicorn.conf.py` before any
 worker imports prometheus_client, so every worker writes its samples to that directory and
-`/metrics` aggregates all of them, whichever worker answers.
+`/metrics` aggregates all of them, whichever worker answers. Any other process started with
+that variable set (the `flask` CLI, Celery) writes there too; the directory is created when
+missing, and one that cannot be created stops the process with a clear message.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Request, current_app
+import os
+from pathlib import Path
+
+from flask import Flask, Request
 from prometheus_client import CollectorRegistry
 from prometheus_flask_exporter import PrometheusMetrics
 
+from myapp.core.config import current_settings
 from myapp.core.security import allow_only_from
-from myapp.settings import Settings
+from myapp.settings import ConfigError, Settings
+
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def route(request: Request) -> str:
@@ -21,11 +29,31 @@ def route(request: Request) -> str:
 
 
 def _allowed_networks() -> list:
-    return current_app.extensions["settings"].metrics_allowed_cidrs
+    return current_settings().metrics_allowed_cidrs
+
+
+def ensure_multiprocess_dir() -> None:
+    """Create `PROMETHEUS_MULTIPROC_DIR` when it is set but missing; `ConfigError` if we can't.
+
+    prometheus_client opens one file per metric and process in that directory as soon as a
+    metric exists; a missing directory would crash the process on its first metric.
+    """
+    directory = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    if not directory:
+        return
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"Invalid configuration:\n  - {MULTIPROC_DIR_VARIABLE}: cannot create the "
+            f"directory {directory!r} ({reason}); point it at a writable directory or unset it"
+        ) from None
 
 
 def register_metrics(app: Flask, settings: Settings) -> PrometheusMetrics:
     """Expose `/metrics` (allowlisted by CIDR) and record default HTTP metrics."""
+    ensure_multiprocess_dir()
     metrics = PrometheusMetrics(
         app=None,
         path="/metrics",
@@ -35,5 +63,4 @@ def register_metrics(app: Flask, settings: Settings) -> PrometheusMetrics:
     )
     metrics.init_app(app)
     metrics.info("app_info", "Application version", version=settings.app_version)
-    app.extensions["metrics"] = metrics
     return metrics

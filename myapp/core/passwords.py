@@ -6,6 +6,7 @@ import functools
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
 from myapp.core.concurrency import run_blocking
 from myapp.core.config import current_settings
 

@@ -1,52 +1,56 @@
-"""Rate limits: a default budget per caller, per-route budgets, failing open on outages.
+"""Per-route budgets (flask-limiter) and the count of requests let through on outages.
 
-The default limit (`RATELIMIT_DEFAULT`) is keyed by user id when the request carries a
-valid access token (signature and expiry checked, no database), else by client address.
-Health and metrics are exempt. When Redis is unreachable the limiter lets requests through,
-logs one warning line and counts it in `ratelimit_storage_errors_total`.
+The default API budget of every request is counted by the guards step
+(`myapp.core.guards`), in the same Redis round trip as the token denylist. Routes with a
+budget of their own (login, refresh, register) declare it with `@limiter.limit(...)`;
+flask-limiter's decorator checks it when the view is called, keyed by client address
+unless the route says otherwise. flask-limiter's own before-request hook is removed: it
+would only repeat, on every request, the lookup the guards step already did.
+
+When Redis is unreachable both let requests through (an outage must not lock users out),
+log one warning line and count it in `ratelimit_storage_errors_total`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-import jwt
-from flask import Flask, current_app, request
-from flask_limiter.util import get_remote_address
+from flask import Flask, current_app, has_app_context
 from prometheus_client import Counter
 
+from myapp.core.config import current_settings
 from myapp.extensions import limiter
 
-EXEMPT_PREFIXES = ("/health", "/metrics")
+_ERRORS = "myapp.ratelimit_errors"
 
 
-def caller_key() -> str:
-    """`user:<id>` for a validly signed, unexpired access token, else `ip:<address>`.
-
-    Only the signature and expiry matter for keying, so plain PyJWT does it (about a third
-    of flask-jwt-extended's decode); revocation is the route guard's job.
-    """
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        try:
-            claims = jwt.decode(
-                header[7:], current_app.config["JWT_SECRET_KEY"], algorithms=["HS256"]
-            )
-        except jwt.PyJWTError:
-            claims = {}  # a forged or expired token spends the address's budget
-        if claims.get("type") == "access" and claims.get("sub"):
-            return f"user:{claims['sub']}"
-    return f"ip:{get_remote_address()}"
+def limiter_config(settings: object) -> dict[str, object]:
+    """flask-limiter settings: our Redis, our key prefix, fixed windows, fail open."""
+    return {
+        "RATELIMIT_STORAGE_URI": settings.redis_url,
+        "RATELIMIT_STORAGE_OPTIONS": {
+            # The limits library prefixes keys itself ("LIMITS:" by default): keep ours.
+            "key_prefix": f"{settings.redis_prefix}ratelimit",
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+        },
+        "RATELIMIT_STRATEGY": "fixed-window",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
+    }
 
 
-def _limits_disabled() -> bool:
-    """`RATELIMIT_ENABLED=false` (benchmarks, emergencies) lets everything through."""
-    return not current_app.extensions["settings"].ratelimit_enabled
+def setting(name: str) -> Callable[[], str]:
+    """A budget read from settings at request time: `@limiter.limit(setting("..."))`."""
+    return lambda: getattr(current_settings(), name)
 
 
-def exempt_from_defaults() -> bool:
-    """Probes, scrapes and CORS preflights do not spend the budget."""
-    return request.method == "OPTIONS" or request.path.startswith(EXEMPT_PREFIXES)
+def count_storage_error() -> None:
+    """One more request let through because the rate-limit storage failed."""
+    counter: Counter | None = current_app.extensions.get(_ERRORS) if has_app_context() else None
+    if counter is not None:
+        counter.inc()
 
 
 class _CountStorageErrors(logging.Filter):
@@ -55,26 +59,26 @@ class _CountStorageErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("Failed to"):
             return True
-        counter = current_app.extensions.get("ratelimit_errors") if current_app else None
-        if counter is not None:
-            counter.inc()
+        count_storage_error()
         record.msg, record.args = "ratelimit.storage_unavailable: request allowed", ()
-        record.exc_info, record.exc_text, record.levelno, record.levelname = (
-            None,
-            None,
-            logging.WARNING,
-            "WARNING",
-        )
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
+def _limits_disabled() -> bool:
+    """`RATELIMIT_ENABLED=false` (benchmarks, emergencies) lets everything through."""
+    return not current_settings().ratelimit_enabled
+
+
 def register_ratelimit(app: Flask, registry: object) -> None:
-    """Initialise the limiter and its failure counter (in the app's metrics registry)."""
-    app.extensions["ratelimit_key"] = caller_key
+    """Initialise flask-limiter and the outage counter (in the app's metrics registry)."""
     limiter.init_app(app)
+    hooks = app.before_request_funcs.setdefault(None, [])
+    hooks[:] = [hook for hook in hooks if hook != limiter._check_request_limit]  # noqa: SLF001
     if _limits_disabled not in limiter._request_filters:  # noqa: SLF001 - no public check
         limiter.request_filter(_limits_disabled)
-    app.extensions["ratelimit_errors"] = Counter(
+    app.extensions[_ERRORS] = Counter(
         "ratelimit_storage_errors_total",
         "Requests let through because the rate-limit storage failed",
         registry=registry,

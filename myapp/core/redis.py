@@ -1,18 +1,24 @@
 """Redis clients: retries with exponential backoff and jitter, bounded socket waits, key prefix.
 
-Creating a client opens no connection; the first command does.
+Creating a client opens no connection; the first command does. `redis_client()` is the
+application's Redis (guards, idempotency, denylist, flags, Socket.IO); `broker_redis()`
+the Celery broker's (the same client when both URLs are equal).
 """
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Flask, current_app
 from redis import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from myapp.core.config import current_settings
 from myapp.settings import Settings
+
+_CLIENT = "myapp.redis"
+_BROKER = "myapp.broker_redis"
 
 
 def create_redis(url: str, settings: Settings, *, decode_responses: bool = True) -> Redis:
@@ -28,12 +34,24 @@ def create_redis(url: str, settings: Settings, *, decode_responses: bool = True)
     )
 
 
+def init_redis(app: Flask, settings: Settings) -> None:
+    """Create (not connect) the app's Redis client and the broker's."""
+    client = create_redis(settings.redis_url, settings)
+    app.extensions[_CLIENT] = client
+    same_server = settings.broker_url == settings.redis_url
+    app.extensions[_BROKER] = client if same_server else create_redis(settings.broker_url, settings)
+
+
 def redis_client() -> Redis:
-    """The application's Redis client (created by the app factory)."""
-    return current_app.extensions["redis"]
+    """The application's Redis client."""
+    return current_app.extensions[_CLIENT]
+
+
+def broker_redis() -> Redis:
+    """The Celery broker's Redis client."""
+    return current_app.extensions[_BROKER]
 
 
 def redis_key(*parts: str) -> str:
     """A namespaced key: `{app}:{env}:{area}:...`."""
-    settings: Settings = current_app.extensions["settings"]
-    return settings.redis_prefix + ":".join(parts)
+    return current_settings().redis_prefix + ":".join(parts)

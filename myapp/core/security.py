@@ -11,11 +11,12 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from myapp.core.context import Actor, current_actor
+from myapp.core.config import current_settings
 from myapp.core.errors import AppError
+from myapp.core.pipeline import current_route_policy
 from myapp.extensions import cors, talisman
 from myapp.settings import Settings
 
@@ -53,7 +54,7 @@ EXPOSED_HEADERS = [
 
 
 def register_security(app: Flask, settings: Settings) -> None:
-    """ProxyFix, Talisman, CORS and the media-type check."""
+    """ProxyFix, Talisman and CORS (the request checks are pipeline steps below)."""
     if settings.trusted_proxy_hops:
         hops = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
@@ -74,7 +75,6 @@ def register_security(app: Flask, settings: Settings) -> None:
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
-    app.before_request(_require_accepted_media_type)
 
 
 def relax_csp_for_docs(app: Flask) -> None:
@@ -90,8 +90,8 @@ def relax_csp_for_docs(app: Flask) -> None:
             app.view_functions[endpoint] = talisman(content_security_policy=DOCS_CSP)(docs_view)
 
 
-def _require_accepted_media_type() -> None:
-    """A body we cannot parse is refused up front with 415 rather than misread."""
+def require_accepted_media_type() -> None:
+    """Step: a body we cannot parse is refused up front with 415 rather than misread."""
     if request.method not in _BODY_METHODS or not request.content_length:
         return
     if request.mimetype not in _ACCEPTED_MEDIA_TYPES:
@@ -122,50 +122,10 @@ def allow_only_from(networks_of: Callable[[], list[Any]]) -> Callable:
     return decorator
 
 
-def set_authenticator(app: Flask, authenticate: Callable[[], Actor]) -> None:
-    """Install the function that verifies credentials and binds the actor (auth does)."""
-    app.extensions["authenticate"] = authenticate
-
-
-def require_auth(permission: str | None = None, *, admin: bool = False) -> Callable:
-    """Decorator: 401 unless authenticated; 403 `FORBIDDEN` without `permission` (RBAC).
-
-    Admin routes (`admin=True`) also refuse callers outside `ADMIN_ALLOWED_CIDRS` when that
-    list is set. Object-level rules (ABAC) belong to the domain's policies, which answer
-    404 for objects the caller may not see.
-    """
-
-    def decorator(view: Callable) -> Callable:
-        @wraps(view)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            networks = current_app.extensions["settings"].admin_allowed_cidrs
-            if admin and networks and not ip_allowed(request.remote_addr, networks):
-                raise AppError("FORBIDDEN", "Admin routes are not allowed from this address.")
-            actor = current_app.extensions["authenticate"]()
-            if permission and not actor.can(permission):
-                raise AppError("FORBIDDEN", f"Requires permission {permission}.")
-            return view(*args, **kwargs)
-
-        return guarded
-
-    return decorator
-
-
-def set_feature_evaluator(app: Flask, evaluate: Callable[[str, Actor], bool]) -> None:
-    """Install the feature-flag evaluation (the flags domain does)."""
-    app.extensions["feature_enabled"] = evaluate
-
-
-def feature_required(key: str) -> Callable:
-    """Decorator: 404 `FEATURE_DISABLED` unless flag `key` is on for the caller."""
-
-    def decorator(view: Callable) -> Callable:
-        @wraps(view)
-        def gated(*args: Any, **kwargs: Any) -> Any:
-            if not current_app.extensions["feature_enabled"](key, current_actor()):
-                raise AppError("FEATURE_DISABLED", f"The feature {key!r} is not enabled.")
-            return view(*args, **kwargs)
-
-        return gated
-
-    return decorator
+def enforce_admin_networks() -> None:
+    """Step: admin routes answer 403 outside `ADMIN_ALLOWED_CIDRS` (when that is set)."""
+    if not current_route_policy().admin:
+        return
+    networks = current_settings().admin_allowed_cidrs
+    if networks and not ip_allowed(request.remote_addr, networks):
+        raise AppError("FORBIDDEN", "Admin routes are not allowed from this address.")

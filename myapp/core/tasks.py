@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 from celery.schedules import crontab, schedule
-from flask import Flask
+from flask import Flask, current_app
 from kombu import Queue
 
 from myapp.core.context import (
@@ -29,6 +29,7 @@ from myapp.core.context import (
 from myapp.settings import Settings
 
 QUEUES = ("default", "chat", "low")
+_EXTENSION = "myapp.celery"
 REQUEST_ID_HEADER = "request_id"
 
 
@@ -95,7 +96,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def init_celery(app: Flask, settings: Settings) -> Celery:
-    """Create the Celery app bound to `app` and store it in `app.extensions["celery"]`."""
+    """Create the Celery app bound to `app` (read it back with `celery_app()`)."""
 
     class AppContextTask(Task):
         """Runs every task inside the Flask application context."""
@@ -107,9 +108,14 @@ def init_celery(app: Flask, settings: Settings) -> Celery:
     celery = Celery(app.import_name, task_cls=AppContextTask)
     celery.conf.update(celery_config(settings))
     celery.set_default()
-    app.extensions["celery"] = celery
+    app.extensions[_EXTENSION] = celery
     _connect_signals()
     return celery
+
+
+def celery_app(app: Flask | None = None) -> Celery:
+    """The Celery app of `app` (default: the current app)."""
+    return (app or current_app).extensions[_EXTENSION]
 
 
 def _connect_signals() -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-log = logging.getLogger("myapp.devservices")
+from myapp.defaults import DATABASE_URL as DEFAULT_DATABASE_URL
+from myapp.defaults import REDIS_URL as DEFAULT_REDIS_URL
 
-DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/myapp"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+log = logging.getLogger("myapp.devservices")
+__all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL"]  # the app's defaults, re-exported
+
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_TIMEOUT = 1.0  # seconds for the "does anything answer?" TCP probe
 READY_TIMEOUT = 60.0  # seconds a started server gets to accept connections

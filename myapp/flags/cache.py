@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
+from flask import Flask, current_app
 
 from myapp.core.logging import get_logger
+from myapp.flags.models import FlagRules
 
 log = get_logger(__name__)
 MAX_AGE_SECONDS = 30.0
+_EXTENSION = "myapp.flag_cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +31,7 @@ class FlagState:
 
     key: str
     enabled: bool
-    roles: frozenset[str]
-    user_ids: frozenset[str]
-    percentage: int
+    rules: FlagRules
 
 
 class FlagCache:
@@ -89,3 +90,13 @@ class FlagCache:
                 log.warning("flags.subscriber_reconnecting", in_s=backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def init_flag_cache(app: Flask, redis_client: Any, prefix: str) -> None:
+    """Give `app` its flag cache, invalidated over `{prefix}flags`."""
+    app.extensions[_EXTENSION] = FlagCache(redis_client, channel=f"{prefix}flags")
+
+
+def flag_cache() -> FlagCache:
+    """The current app's flag cache."""
+    return current_app.extensions[_EXTENSION]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 from flask.cli import with_appcontext
 
@@ -33,10 +35,10 @@ def set_command(
     """Create or change a flag (audited; every process reloads it)."""
     bind_actor(SYSTEM)
     current = next((f for f in service.list_flags() if f.key == key), None)
-    rules = dict(current.rules) if current else None
-    if percentage is not None or roles is not None:
-        rules = {**(rules or {}), **({"percentage": percentage} if percentage is not None else {})}
-        if roles is not None:
-            rules["roles"] = [r.strip() for r in roles.split(",") if r.strip()]
+    rules = current.targeting if current else service.FlagRules()
+    if percentage is not None:
+        rules = replace(rules, percentage=percentage)
+    if roles is not None:
+        rules = replace(rules, roles=tuple(r.strip() for r in roles.split(",") if r.strip()))
     flag = service.set_flag(key=key, enabled=enabled, description=description, rules=rules)
     click.echo(f"{flag.key}: {'on' if flag.enabled else 'off'} {flag.rules}")

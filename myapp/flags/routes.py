@@ -8,7 +8,7 @@ from typing import Any
 import marshmallow as ma
 from flask.views import MethodView
 
-from myapp.auth import permissions as perms
+from myapp.core import permissions as perms
 from myapp.core.api import Blueprint
 from myapp.core.context import current_actor
 from myapp.core.errors import AppError
@@ -20,31 +20,15 @@ KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 blp = Blueprint("flags", __name__, url_prefix="/v1/feature-flags", description="Feature flags")
 
 
-def present(flag: Any) -> dict[str, Any]:
-    """A flag row as served (rules in API casing)."""
-    rules = flag.rules or {}
-    return {
-        "key": flag.key,
-        "enabled": flag.enabled,
-        "description": flag.description,
-        "rules": {
-            "roles": rules.get("roles", []),
-            "user_ids": rules.get("userIds", []),
-            "percentage": rules.get("percentage", 100),
-        },
-        "updated_at": flag.updated_at,
-    }
-
-
-@blp.route("/")
+@blp.route("")
 class Flags(MethodView):
     """All flags."""
 
     @blp.auth(perms.FLAGS_READ)
     @blp.response(200, FlagSchema(many=True))
-    def get(self) -> list[dict[str, Any]]:
+    def get(self) -> list[Any]:
         """Every flag with its rules."""
-        return [present(flag) for flag in service.list_flags()]
+        return service.list_flags()
 
 
 @blp.route("/me")
@@ -67,20 +51,15 @@ class Flag(MethodView):
     @blp.auth(perms.FLAGS_WRITE, admin=True)
     @blp.arguments(FlagPutSchema)
     @blp.response(200, FlagSchema)
-    def put(self, body: dict[str, Any], key: str) -> dict[str, Any]:
+    def put(self, body: dict[str, Any], key: str) -> Any:
         """Create or change a flag; every process sees it within moments."""
         if not KEY_RE.fullmatch(key):
             raise AppError(
                 "VALIDATION_FAILED", details=[{"field": "key", "message": "Use a-z 0-9 . _ -"}]
             )
-        rules = body.get("rules")
-        if rules is not None:
-            rules = {
-                "roles": rules["roles"],
-                "userIds": rules["user_ids"],
-                "percentage": rules["percentage"],
-            }
-        flag = service.set_flag(
-            key=key, enabled=body["enabled"], description=body.get("description"), rules=rules
+        return service.set_flag(
+            key=key,
+            enabled=body["enabled"],
+            description=body.get("description"),
+            rules=body.get("rules"),
         )
-        return present(flag)

@@ -1,9 +1,12 @@
 """Feature flag bodies."""
 
+from typing import Any
+
 import marshmallow as ma
 
-from myapp.auth.permissions import ROLE_PERMISSIONS
 from myapp.core.api import Schema
+from myapp.core.permissions import ROLE_PERMISSIONS
+from myapp.flags.service import FlagRules
 
 
 class RulesSchema(Schema):
@@ -17,13 +20,21 @@ class RulesSchema(Schema):
     )
     percentage = ma.fields.Integer(load_default=100, validate=ma.validate.Range(min=0, max=100))
 
+    @ma.post_load
+    def _to_rules(self, data: dict[str, Any], **_: Any) -> FlagRules:
+        return FlagRules(
+            roles=tuple(data["roles"]),
+            user_ids=tuple(data["user_ids"]),
+            percentage=data["percentage"],
+        )
+
 
 class FlagSchema(Schema):
     """A flag."""
 
     key = ma.fields.String(required=True)
     enabled = ma.fields.Boolean(required=True)
-    rules = ma.fields.Nested(RulesSchema, required=True)
+    rules = ma.fields.Nested(RulesSchema, required=True, attribute="targeting")
     description = ma.fields.String(required=True)
     updated_at = ma.fields.DateTime(required=True)
 

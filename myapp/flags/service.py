@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select
 
 from myapp.audit import service as audit
-from myapp.audit.models import AuditAction
 from myapp.core.context import SYSTEM, Actor, bind_actor
 from myapp.core.db import unit_of_work
 from myapp.extensions import db
-from myapp.flags.cache import FlagCache, FlagState
-from myapp.flags.models import FeatureFlag, default_rules
+from myapp.flags.cache import FlagState, flag_cache
+from myapp.flags.models import FeatureFlag, FlagRules
+
+__all__ = ["FlagRules", "evaluate_all", "is_enabled", "list_flags", "seed", "set_flag"]
 
 BUCKETS = 10_000
 
@@ -37,45 +37,33 @@ def decide(flag: FlagState | None, actor: Actor) -> bool:
     """On when enabled and the caller is targeted: listed, in a role, or in the rollout."""
     if flag is None or not flag.enabled:
         return False
-    if actor.is_user and actor.id in flag.user_ids:
+    rules = flag.rules
+    if actor.is_user and actor.id in rules.user_ids:
         return True
-    if actor.roles & flag.roles:
+    if actor.roles.intersection(rules.roles):
         return True
-    if flag.percentage >= 100:
+    if rules.percentage >= 100:
         return True
-    if not actor.is_user or flag.percentage <= 0:
+    if not actor.is_user or rules.percentage <= 0:
         return False
-    return bucket(flag.key, actor.id) < flag.percentage * BUCKETS // 100
-
-
-def _state(row: FeatureFlag) -> FlagState:
-    rules = {**default_rules(), **(row.rules or {})}
-    return FlagState(
-        key=row.key,
-        enabled=row.enabled,
-        roles=frozenset(rules["roles"]),
-        user_ids=frozenset(rules["userIds"]),
-        percentage=int(rules["percentage"]),
-    )
+    return bucket(flag.key, actor.id) < rules.percentage * BUCKETS // 100
 
 
 def _load() -> dict[str, FlagState]:
     rows = db.session.execute(select(FeatureFlag)).scalars()
-    return {row.key: _state(row) for row in rows}
-
-
-def _cache() -> FlagCache:
-    return current_app.extensions["flags"]
+    return {
+        row.key: FlagState(key=row.key, enabled=row.enabled, rules=row.targeting) for row in rows
+    }
 
 
 def is_enabled(key: str, actor: Actor) -> bool:
     """The flag as evaluated for `actor` (unknown flags are off)."""
-    return decide(_cache().get(_load).get(key), actor)
+    return decide(flag_cache().get(_load).get(key), actor)
 
 
 def evaluate_all(actor: Actor) -> dict[str, bool]:
     """Every flag for `actor`."""
-    return {key: decide(flag, actor) for key, flag in sorted(_cache().get(_load).items())}
+    return {key: decide(flag, actor) for key, flag in sorted(flag_cache().get(_load).items())}
 
 
 def list_flags() -> list[FeatureFlag]:
@@ -88,7 +76,7 @@ def _snapshot(flag: FeatureFlag) -> dict[str, Any]:
 
 
 def set_flag(
-    *, key: str, enabled: bool, description: str | None = None, rules: dict | None = None
+    *, key: str, enabled: bool, description: str | None = None, rules: FlagRules | None = None
 ) -> FeatureFlag:
     """Create or change a flag; audited, then every process is told to reload."""
     with unit_of_work():
@@ -97,22 +85,22 @@ def set_flag(
         ).scalar_one_or_none()
         before = _snapshot(flag) if flag else None
         if flag is None:
-            flag = FeatureFlag(key=key, rules=default_rules())
+            flag = FeatureFlag(key=key, rules=FlagRules().to_stored())
             db.session.add(flag)
         flag.enabled = enabled
         if description is not None:
             flag.description = description
         if rules is not None:
-            flag.rules = {**default_rules(), **rules}
+            flag.rules = rules.to_stored()
         db.session.flush()
         audit.record(
-            action=AuditAction.UPDATE if before else AuditAction.CREATE,
+            action=audit.AuditAction.UPDATE if before else audit.AuditAction.CREATE,
             target_type="feature_flag",
             target_id=key,
             before=before,
             after=_snapshot(flag),
         )
-    _cache().publish_change()
+    flag_cache().publish_change()
     return flag
 
 

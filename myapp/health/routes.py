@@ -1,13 +1,13 @@
-"""`/health/live`, `/health/ready`, `/health` (no `/v1` prefix, no envelope: API.md)."""
+"""`/health/live`, `/health/ready`, `/health`: no `/v1` prefix and no envelope (probe shapes)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from flask.views import MethodView
 
 from myapp.core.api import Blueprint
+from myapp.core.config import current_settings
 from myapp.health import service
 from myapp.health.schemas import HealthSchema, LiveSchema
 
@@ -64,6 +64,6 @@ class Health(MethodView):
                 }
                 for name, check in checks.items()
             },
-            "version": current_app.extensions["settings"].app_version,
+            "version": current_settings().app_version,
         }
         return body, 200 if status == "ok" else 503

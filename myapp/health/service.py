@@ -8,10 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import text
 
+from myapp.core.config import current_settings
 from myapp.core.errors import UNAVAILABLE_ERRORS
+from myapp.core.redis import broker_redis, redis_client
 from myapp.core.tasks import QUEUES, broker_queue_key
 from myapp.extensions import db
 
@@ -58,13 +59,13 @@ def _ping_database() -> None:
 
 
 def _ping_redis() -> None:
-    current_app.extensions["redis"].ping()
+    redis_client().ping()
 
 
 def _queue_depth() -> dict[str, int]:
-    broker = current_app.extensions["broker_redis"]
+    broker = broker_redis()
     broker.ping()
-    prefix = current_app.extensions["settings"].redis_prefix
+    prefix = current_settings().redis_prefix
     pipe = broker.pipeline(transaction=False)
     for queue in QUEUES:
         pipe.llen(broker_queue_key(prefix, queue))

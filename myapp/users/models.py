@@ -35,7 +35,7 @@ user_roles = Table(
 
 
 class Role(Model):
-    """A named set of permissions (the map lives in `myapp.auth.permissions`)."""
+    """A named set of permissions (the map lives in `myapp.core.permissions`)."""
 
     __tablename__ = "roles"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from myapp.auth import permissions as perms
+from myapp.core import permissions as perms
 from myapp.core.context import Actor
 from myapp.core.errors import AppError
 

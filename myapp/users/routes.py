@@ -1,4 +1,7 @@
-"""`/v1/users`: the caller's profile and user administration."""
+"""`/v1/users`: the caller's profile and user administration; `/v1/auth/register`: sign-up.
+
+Sign-up creates a user, so it lives here (on a blueprint of its own under `/v1/auth`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,18 @@ import uuid
 
 from flask.views import MethodView
 
-from myapp.auth import permissions as perms
-from myapp.core.api import Blueprint, Page
+from myapp.core import permissions as perms
+from myapp.core.api import Blueprint
 from myapp.core.context import current_actor
-from myapp.core.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotency_required
+from myapp.core.idempotency import IDEMPOTENCY_KEY_PARAMETER
+from myapp.core.paging import Page
+from myapp.core.pipeline import feature_required, idempotency_required
+from myapp.core.ratelimit import setting
+from myapp.extensions import limiter
 from myapp.users import service
 from myapp.users.schemas import (
     MePatchSchema,
+    RegisterSchema,
     RolesSchema,
     UserCreateSchema,
     UserListArgs,
@@ -22,6 +30,7 @@ from myapp.users.schemas import (
 )
 
 blp = Blueprint("users", __name__, url_prefix="/v1/users", description="Users")
+registration_blp = Blueprint("registration", __name__, url_prefix="/v1/auth", description="Sign-up")
 
 
 def _me() -> uuid.UUID:
@@ -48,7 +57,23 @@ class Me(MethodView):
         return present_user(service.update_user(user_id=_me(), changes=changes, actor=actor), actor)
 
 
-@blp.route("/")
+@registration_blp.route("/register")
+class Register(MethodView):
+    """Sign-up."""
+
+    @limiter.limit(setting("ratelimit_register"))
+    @feature_required("auth.registration")
+    @registration_blp.doc(security=[])
+    @registration_blp.arguments(RegisterSchema)
+    @registration_blp.response(201, UserSchema)
+    @registration_blp.alt_response(404, response="NOT_FOUND", description="Registration is off")
+    @registration_blp.alt_response(409, response="CONFLICT")
+    def post(self, body: dict) -> dict:
+        """Create an account with the `user` role."""
+        return present_user(service.register(**body), current_actor())
+
+
+@blp.route("")
 class Users(MethodView):
     """All users."""
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import marshmallow as ma
 
-from myapp.auth.passwords import MAX_LENGTH, MIN_LENGTH
-from myapp.auth.permissions import ROLE_PERMISSIONS
 from myapp.core.api import OffsetPageArgs, Schema
 from myapp.core.context import Actor
+from myapp.core.passwords import MAX_LENGTH, MIN_LENGTH
+from myapp.core.permissions import ROLE_PERMISSIONS
 from myapp.users import policies
 from myapp.users.models import User, UserStatus
 
@@ -56,14 +56,19 @@ class UserSchema(Schema):
     deleted_at = ma.fields.DateTime(allow_none=True)
 
 
-class UserCreateSchema(Schema):
-    """A new user (by a `users:write` holder)."""
+class RegisterSchema(Schema):
+    """Sign-up."""
 
     email = ma.fields.Email(required=True, validate=ma.validate.Length(max=320))
     password = ma.fields.String(
         required=True, load_only=True, validate=ma.validate.Length(min=MIN_LENGTH, max=MAX_LENGTH)
     )
     name = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=120))
+
+
+class UserCreateSchema(RegisterSchema):
+    """A new user (by a `users:write` holder)."""
+
     phone = ma.fields.String(load_default=None, allow_none=True, validate=PHONE)
     roles = ma.fields.List(
         ma.fields.String(validate=ma.validate.OneOf(ROLE_NAMES)),

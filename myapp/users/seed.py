@@ -5,10 +5,10 @@ Running it twice changes nothing: existing rows are left as they are.
 
 from __future__ import annotations
 
-from flask import current_app
 from sqlalchemy import select
 
-from myapp.auth import permissions as perms
+from myapp.core import permissions as perms
+from myapp.core.config import current_settings
 from myapp.core.context import SYSTEM, bind_actor
 from myapp.core.db import unit_of_work
 from myapp.core.logging import get_logger
@@ -47,7 +47,7 @@ def ensure_user(*, email: str, password: str, name: str, roles: list[str]) -> bo
 
 def seed_admin() -> None:
     """The administrator from ADMIN_EMAIL / ADMIN_PASSWORD (skipped when unset)."""
-    settings = current_app.extensions["settings"]
+    settings = current_settings()
     if not settings.admin_email or not settings.admin_password:
         log.warning("seed.admin_skipped", reason="ADMIN_EMAIL or ADMIN_PASSWORD not set")
         return
@@ -62,7 +62,7 @@ def seed_admin() -> None:
 
 def seed_demo_users() -> None:
     """A manager and a user to click around with, in local and dev only."""
-    if current_app.extensions["settings"].app_env not in ("local", "dev"):
+    if current_settings().app_env not in ("local", "dev"):
         return
     for email, name, role in DEMO_USERS:
         ensure_user(email=email, password=DEMO_PASSWORD, name=name, roles=[role])

@@ -1,30 +1,37 @@
 """User use cases: read, list, create, update, soft delete, restore, roles, seed.
 
 Every public function is keyword-only; each top-level use case owns its unit of work and
-writes its audit row in the same transaction.
+writes its audit row in the same transaction. Whatever ends a user's tokens sends
+`tokens_revoked` inside that transaction (auth ends the user's logins on it).
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from blinker import Namespace
+from sqlalchemy import ColumnElement, Select, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from myapp.audit import service as audit
-from myapp.audit.models import AuditAction
-from myapp.auth import permissions as perms
-from myapp.core.api import Page, cursor_page, offset_page
+from myapp.core import passwords
+from myapp.core import permissions as perms
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
+from myapp.core.paging import Page, cursor_page, offset_page
 from myapp.extensions import db
 from myapp.users import policies
 from myapp.users.models import Role, User, UserStatus, user_roles
+
+_signals = Namespace()
+#: Sent (keyword `user_id`) inside the unit of work that made a user's tokens stop working.
+tokens_revoked = _signals.signal("users.tokens-revoked")
 
 SORTS = {
     "createdAt": User.created_at,
@@ -65,7 +72,9 @@ def snapshot(user: User) -> dict[str, Any]:
     }
 
 
-def _audit_user(action: AuditAction, user: User, before: dict[str, Any] | None = None) -> None:
+def _audit_user(
+    action: audit.AuditAction, user: User, before: dict[str, Any] | None = None
+) -> None:
     audit.record(
         action=action, target_type="user", target_id=user.id, before=before, after=snapshot(user)
     )
@@ -82,6 +91,31 @@ def get_active(*, user_id: uuid.UUID) -> User | None:
     """The user if active and not deleted."""
     user = db.session.get(User, user_id)
     return user if user is not None and user.is_active else None
+
+
+@functools.cache
+def _with_roles(also: ColumnElement[bool]) -> Select:
+    """Built once per `also` expression: SQLAlchemy then reuses its compiled form as is."""
+    return (
+        select(User, also.label("also"))
+        .options(joinedload(User.roles))
+        .where(User.id == bindparam("user_id"))
+    )
+
+
+def load_with_roles(
+    *, user_id: uuid.UUID, also: ColumnElement[bool], params: dict[str, Any]
+) -> tuple[User, bool] | None:
+    """The user (in any state) with roles, and the boolean `also`, in one SQL statement.
+
+    Callers pass what they must check alongside (auth: the login session is open) as a
+    constant expression whose bind parameters come in `params` (`user_id` is bound here),
+    so the request needs no second round trip; the user stays in the session's identity
+    map for as long as the caller holds it.
+    """
+    statement = _with_roles(also)
+    row = db.session.execute(statement, {**params, "user_id": user_id}).unique().first()
+    return (row[0], bool(row[1])) if row is not None else None
 
 
 def find_by_phone(*, phone: str) -> User | None:
@@ -156,12 +190,10 @@ def list_users(*, query: UserQuery, actor: Actor) -> Page:
 
 
 def _add_user(*, email: str, password: str, name: str, phone: str | None, roles: list[str]) -> User:
-    from myapp.auth import service as auth_service
-
     email = normalise_email(email)
     if db.session.execute(select(User.id).where(User.email == email)).first():
         raise AppError("CONFLICT", "This e-mail address is already registered.")
-    user = User(email=email, name=name, password_hash=auth_service.hash_password(password))
+    user = User(email=email, name=name, password_hash=passwords.hash_password(password))
     if phone:
         user.phone = phone
     user.roles = _roles_named(roles)
@@ -170,7 +202,7 @@ def _add_user(*, email: str, password: str, name: str, phone: str | None, roles:
         db.session.flush()
     except IntegrityError:
         raise AppError("CONFLICT", "This e-mail address is already registered.") from None
-    _audit_user(AuditAction.CREATE, user)
+    _audit_user(audit.AuditAction.CREATE, user)
     return user
 
 
@@ -200,10 +232,8 @@ def register(*, email: str, password: str, name: str) -> User:
 
 def _revoke_tokens(user: User) -> None:
     """Every access token issued before now fails its `ver` check; logins end."""
-    from myapp.auth import service as auth_service
-
     user.token_version += 1
-    auth_service.revoke_all_sessions(user_id=user.id)
+    tokens_revoked.send(user_id=user.id)
 
 
 def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) -> User:
@@ -225,7 +255,7 @@ def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) ->
         ):
             _revoke_tokens(user)
         db.session.flush()
-        _audit_user(AuditAction.UPDATE, user, before)
+        _audit_user(audit.AuditAction.UPDATE, user, before)
         return user
 
 
@@ -244,7 +274,7 @@ def delete_user(*, user_id: uuid.UUID, actor: Actor) -> None:
         before = snapshot(user)
         user.soft_delete()
         _revoke_tokens(user)
-        _audit_user(AuditAction.DELETE, user, before)
+        _audit_user(audit.AuditAction.DELETE, user, before)
 
 
 def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
@@ -255,7 +285,7 @@ def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
             raise AppError("CONFLICT", "This user is not deleted.")
         before = snapshot(user)
         user.restore()
-        _audit_user(AuditAction.RESTORE, user, before)
+        _audit_user(audit.AuditAction.RESTORE, user, before)
         return user
 
 
@@ -269,7 +299,7 @@ def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:
             _revoke_tokens(user)
         db.session.flush()
         audit.record(
-            action=AuditAction.ROLE_CHANGE,
+            action=audit.AuditAction.ROLE_CHANGE,
             target_type="user",
             target_id=user.id,
             before={"roles": before["roles"]},

@@ -24,7 +24,7 @@ def test_each_users_change_leaves_exactly_one_row_with_its_context(client, make_
     admin = make_user(roles=("admin",))
     headers = {**bearer(login(client, admin.email)), "User-Agent": "audit-test/1.0"}
     created = client.post(
-        "/v1/users/",
+        "/v1/users",
         json={
             "email": "a1@example.com",
             "password": "s3cret-password",
@@ -62,7 +62,7 @@ def test_no_secret_ever_reaches_before_or_after(client, make_user, db_session):
     admin = make_user(roles=("admin",))
     tokens = login(client, admin.email)
     client.post(
-        "/v1/users/",
+        "/v1/users",
         json={"email": "s@example.com", "password": "a-password-123", "name": "S"},
         headers={**bearer(tokens), **idempotency_key()},
     )
@@ -90,12 +90,12 @@ def test_audit_log_api_filters(client, make_user):
     target = make_user()
     client.patch(f"/v1/users/{target.id}", json={"name": "X"}, headers=headers)
     body = client.get(
-        f"/v1/audit-logs/?action=UPDATE&targetId={target.id}", headers=headers
+        f"/v1/audit-logs?action=UPDATE&targetId={target.id}", headers=headers
     ).get_json()
     assert body["meta"]["total"] == 1
     entry = body["data"][0]
     assert entry["action"] == "UPDATE" and entry["actorId"] == str(admin.id)
-    logins = client.get(f"/v1/audit-logs/?actorId={admin.id}&action=LOGIN", headers=headers)
+    logins = client.get(f"/v1/audit-logs?actorId={admin.id}&action=LOGIN", headers=headers)
     assert logins.get_json()["meta"]["total"] == 1
-    naive = client.get("/v1/audit-logs/?from=2026-01-01T00:00:00", headers=headers)
+    naive = client.get("/v1/audit-logs?from=2026-01-01T00:00:00", headers=headers)
     assert naive.status_code == 422  # timestamps must carry a timezone

@@ -5,7 +5,7 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from myapp.auth.passwords import hash_password, needs_rehash
+from myapp.core.passwords import hash_password, needs_rehash
 from myapp.users.models import User
 from tests.conftest import PASSWORD, login
 

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func, insert, select
 from sqlalchemy.orm import registry
 
-from myapp.core.api import Page, cursor_page, decode_cursor, offset_page
 from myapp.core.db import new_id, unit_of_work
 from myapp.core.errors import AppError
+from myapp.core.paging import Page, cursor_page, decode_cursor, offset_page
 
 scratch = MetaData()
 items = Table(

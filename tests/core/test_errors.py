@@ -1,4 +1,4 @@
-"""Every error path answers the API.md envelope with the right code, status and request id."""
+"""Every error path answers the envelope of docs/api.md: right code, status and request id."""
 
 from __future__ import annotations
 
@@ -117,3 +117,13 @@ def test_every_catalog_code_renders_its_status(app, code):
         response = error_response(AppError(code))
     assert response.status_code == CATALOG[code].status
     assert response.get_json()["error"]["code"] == code
+
+
+def test_the_api_guide_documents_every_code_with_its_status():
+    from pathlib import Path
+
+    from myapp.core.errors import CATALOG
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for entry in CATALOG.values():
+        assert f"| `{entry.code}` | {entry.status} |" in guide, entry.code

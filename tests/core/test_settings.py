@@ -152,3 +152,33 @@ def test_malformed_key_ring_is_named_without_its_value(monkeypatch):
         load_settings(_env_file=None)
     assert "- ENCRYPTION_KEYS: a key must be 32 bytes" in str(caught.value)
     assert "dG9vLXNob3J0" not in str(caught.value)
+
+
+def flask_routes(multiproc_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "APP_ENV": "test", "PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)}
+    return subprocess.run(
+        [str(BIN / "flask"), "--app", "myapp", "routes"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_flask_cli_creates_a_missing_prometheus_multiproc_dir(tmp_path):
+    missing = tmp_path / "not" / "there" / "yet"
+    result = flask_routes(missing)
+    assert result.returncode == 0, result.stderr
+    assert "/v1/users/me" in result.stdout
+    assert missing.is_dir()
+
+
+def test_flask_cli_names_a_prometheus_multiproc_dir_it_cannot_create(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = flask_routes(blocker / "metrics")
+    assert result.returncode == 1
+    assert "PROMETHEUS_MULTIPROC_DIR" in result.stderr
+    assert "Traceback" not in result.stderr

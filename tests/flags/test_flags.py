@@ -14,6 +14,7 @@ from sqlalchemy import select
 from myapp.audit.models import AuditLog
 from myapp.core.context import Actor
 from myapp.flags.cache import FlagState
+from myapp.flags.models import FlagRules
 from myapp.flags.service import decide
 from tests.conftest import (
     TEST_APP_NAME,
@@ -33,7 +34,8 @@ def user(user_id: str, *roles: str) -> Actor:
 
 
 def flag(percentage=100, roles=(), user_ids=(), enabled=True) -> FlagState:
-    return FlagState("rollout.test", enabled, frozenset(roles), frozenset(user_ids), percentage)
+    rules = FlagRules(roles=tuple(roles), user_ids=tuple(user_ids), percentage=percentage)
+    return FlagState("rollout.test", enabled, rules)
 
 
 def test_a_30_percent_rollout_reaches_30_percent_and_always_the_same_users():
@@ -73,7 +75,7 @@ def test_flag_changes_through_the_api_are_audited_and_evaluated(client, make_use
         client.get("/v1/feature-flags/me", headers=manager_headers).get_json()["data"]["beta.thing"]
         is False
     )
-    listed = client.get("/v1/feature-flags/", headers=manager_headers).get_json()["data"]
+    listed = client.get("/v1/feature-flags", headers=manager_headers).get_json()["data"]
     assert "beta.thing" in {f["key"] for f in listed}
     assert client.put("/v1/feature-flags/x", json=body, headers=manager_headers).status_code == 403
     (row,) = db_session.execute(

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from myapp.core.redis import redis_key
 from myapp.users.models import User
-from tests.conftest import bearer, login
+from tests.conftest import bearer, login, redis_of, settings_of
 from tests.support.routes import register_test_routes
 from tests.support.servers import ThrowawayRedis
 
@@ -19,7 +19,7 @@ NEW = {"email": "idem@example.com", "password": "a-good-password", "name": "Idem
 
 def count(app, name: str) -> int:
     with app.app_context():
-        return int(app.extensions["redis"].get(redis_key("test", "counted", name)) or 0)
+        return int(redis_of(app).get(redis_key("test", "counted", name)) or 0)
 
 
 def users_named(db_session, email: str) -> int:
@@ -29,8 +29,8 @@ def users_named(db_session, email: str) -> int:
 
 def test_same_post_twice_is_replayed_and_runs_once(client, make_user, db_session):
     headers = {**bearer(login(client, make_user(roles=("admin",)).email)), "Idempotency-Key": "k-1"}
-    first = client.post("/v1/users/", json=NEW, headers=headers)
-    second = client.post("/v1/users/", json=NEW, headers=headers)
+    first = client.post("/v1/users", json=NEW, headers=headers)
+    second = client.post("/v1/users", json=NEW, headers=headers)
     assert first.status_code == second.status_code == 201
     assert first.get_json() == second.get_json()
     assert "Idempotent-Replayed" not in first.headers
@@ -41,17 +41,17 @@ def test_same_post_twice_is_replayed_and_runs_once(client, make_user, db_session
 
 def test_same_key_with_another_body_is_422(client, make_user, db_session):
     headers = {**bearer(login(client, make_user(roles=("admin",)).email)), "Idempotency-Key": "k-2"}
-    assert client.post("/v1/users/", json=NEW, headers=headers).status_code == 201
-    other = client.post("/v1/users/", json={**NEW, "name": "Other"}, headers=headers)
+    assert client.post("/v1/users", json=NEW, headers=headers).status_code == 201
+    other = client.post("/v1/users", json={**NEW, "name": "Other"}, headers=headers)
     assert other.status_code == 422
     assert other.get_json()["error"]["code"] == "IDEMPOTENCY_KEY_MISMATCH"
-    reordered = client.post("/v1/users/", json=dict(reversed(NEW.items())), headers=headers)
+    reordered = client.post("/v1/users", json=dict(reversed(NEW.items())), headers=headers)
     assert reordered.status_code == 201  # the same JSON document, keys in another order
 
 
 def test_required_key_and_key_format(client, make_user, db_session):
     headers = bearer(login(client, make_user(roles=("admin",)).email))
-    missing = client.post("/v1/users/", json=NEW, headers=headers)
+    missing = client.post("/v1/users", json=NEW, headers=headers)
     assert (
         missing.status_code == 400 and "Idempotency-Key" in missing.get_json()["error"]["message"]
     )
@@ -124,7 +124,7 @@ def test_a_5xx_is_not_stored_so_a_retry_runs_again(app, client, db_session):
     retry = client.post("/_test/fails", json={}, headers=headers)
     assert retry.status_code == 500 and "Idempotent-Replayed" not in retry.headers
     with app.app_context():
-        assert int(app.extensions["redis"].get(redis_key("test", "fails"))) == 2
+        assert int(redis_of(app).get(redis_key("test", "fails"))) == 2
 
 
 @pytest.mark.slow
@@ -138,7 +138,7 @@ def test_redis_down_answers_503_and_creates_nothing(make_app, make_user, db_sess
             "Idempotency-Key": "k",
         }
         redis.stop()
-        response = client.post("/v1/users/", json=NEW, headers=headers)
+        response = client.post("/v1/users", json=NEW, headers=headers)
         assert response.status_code == 503
         assert response.get_json()["error"]["code"] == "SERVICE_UNAVAILABLE"
         assert users_named(db_session, "idem@example.com") == 0
@@ -157,8 +157,6 @@ def test_a_rate_limited_request_is_not_replayed(make_app, db_session):
     limited = client.post("/_test/counted?name=rl", json={}, headers={"Idempotency-Key": "b"})
     assert limited.status_code == 429
     with app.app_context():
-        app.extensions["redis"].delete(
-            *app.extensions["redis"].keys(app.extensions["settings"].redis_prefix + "ratelimit*")
-        )
+        redis_of(app).delete(*redis_of(app).keys(settings_of(app).redis_prefix + "ratelimit*"))
     retry = client.post("/_test/counted?name=rl", json={}, headers={"Idempotency-Key": "b"})
     assert retry.status_code == 200 and "Idempotent-Replayed" not in retry.headers

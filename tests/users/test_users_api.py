@@ -14,8 +14,8 @@ NEW_USER = {"email": "new@example.com", "password": "a-good-password", "name": "
 MATRIX = [
     ("GET", "/v1/users/me", None, (200, 200, 200)),
     ("PATCH", "/v1/users/me", {"name": "Me Again"}, (200, 200, 200)),
-    ("GET", "/v1/users/", None, (403, 200, 200)),
-    ("POST", "/v1/users/", NEW_USER, (403, 201, 201)),
+    ("GET", "/v1/users", None, (403, 200, 200)),
+    ("POST", "/v1/users", NEW_USER, (403, 201, 201)),
     ("GET", "/v1/users/{self}", None, (200, 200, 200)),
     ("GET", "/v1/users/{other}", None, (404, 200, 200)),
     ("GET", "/v1/users/{gone}", None, (404, 404, 200)),
@@ -27,7 +27,7 @@ MATRIX = [
     ("DELETE", "/v1/users/{other}", None, (403, 403, 204)),
     ("POST", "/v1/users/{gone}/restore", None, (403, 403, 200)),
     ("PUT", "/v1/users/{other}/roles", {"roles": ["manager"]}, (403, 403, 200)),
-    ("GET", "/v1/audit-logs/", None, (403, 200, 200)),
+    ("GET", "/v1/audit-logs", None, (403, 200, 200)),
 ]
 ROLES = ("user", "manager", "admin")
 
@@ -54,16 +54,16 @@ def test_offset_paging_meta(client, make_user):
     for _ in range(44):
         make_user()
     tokens = login(client, admin.email)
-    body = client.get("/v1/users/?page=3&perPage=20", headers=bearer(tokens)).get_json()
+    body = client.get("/v1/users?page=3&perPage=20", headers=bearer(tokens)).get_json()
     assert body["meta"] == {"page": 3, "perPage": 20, "total": 45, "totalPages": 3}
     assert len(body["data"]) == 5
-    too_big = client.get("/v1/users/?perPage=101", headers=bearer(tokens))
+    too_big = client.get("/v1/users?perPage=101", headers=bearer(tokens))
     assert too_big.status_code == 422
 
 
 def test_unknown_sort_is_422(client, make_user):
     tokens = login(client, make_user(roles=("admin",)).email)
-    response = client.get("/v1/users/?sort=passwordHash", headers=bearer(tokens))
+    response = client.get("/v1/users?sort=passwordHash", headers=bearer(tokens))
     assert response.status_code == 422
     assert response.get_json()["error"]["details"][0]["field"] == "sort"
 
@@ -73,14 +73,14 @@ def test_cursor_paging_returns_every_row_once_while_rows_are_inserted(client, ma
     existing = {str(admin.id)} | {str(make_user().id) for _ in range(24)}
     tokens = login(client, admin.email)
     seen: list[str] = []
-    url = "/v1/users/?limit=7&sort=createdAt"
+    url = "/v1/users?limit=7&sort=createdAt"
     for _ in range(20):
         body = client.get(url, headers=bearer(tokens)).get_json()
         seen.extend(user["id"] for user in body["data"])
         make_user()  # a row arrives between two page requests
         if not body["meta"]["hasMore"]:
             break
-        url = f"/v1/users/?limit=7&sort=createdAt&cursor={body['meta']['nextCursor']}"
+        url = f"/v1/users?limit=7&sort=createdAt&cursor={body['meta']['nextCursor']}"
     assert len(seen) == len(set(seen))
     assert existing <= set(seen)
 
@@ -110,9 +110,9 @@ def test_listing_20_or_100_users_with_roles_takes_the_same_few_queries(
     for n in range(110):
         make_user(roles=("manager",) if n % 3 else ("user",))
     headers = bearer(login(client, admin.email))
-    small = count_queries(client, db_session, "/v1/users/?perPage=20", headers)
-    large = count_queries(client, db_session, "/v1/users/?perPage=100", headers)
-    assert small == large == 5  # token checks (user, session), count, page, roles of the page
+    small = count_queries(client, db_session, "/v1/users?perPage=20", headers)
+    large = count_queries(client, db_session, "/v1/users?perPage=100", headers)
+    assert small == large == 4  # the caller (one statement), count, page, roles of the page
 
 
 def test_filters(client, make_user):
@@ -122,7 +122,7 @@ def test_filters(client, make_user):
     headers = bearer(login(client, admin.email))
 
     def emails(query):
-        body = client.get(f"/v1/users/?{query}", headers=headers).get_json()
+        body = client.get(f"/v1/users?{query}", headers=headers).get_json()
         return sorted(u["email"] for u in body["data"])
 
     assert emails("role=manager") == ["bob@corp.example"]
@@ -146,7 +146,7 @@ def test_soft_deleted_user_cannot_log_in_and_is_hidden_until_restored(client, ma
     assert failed.get_json()["error"]["code"] == "AUTH_INVALID_CREDENTIALS"
 
     def listed(query=""):
-        body = client.get(f"/v1/users/?perPage=100{query}", headers=headers).get_json()
+        body = client.get(f"/v1/users?perPage=100{query}", headers=headers).get_json()
         return {u["id"]: u for u in body["data"]}
 
     assert str(victim.id) not in listed()
@@ -161,7 +161,7 @@ def test_soft_deleted_user_cannot_log_in_and_is_hidden_until_restored(client, ma
 
 def test_include_deleted_is_refused_to_non_admins(client, make_user):
     headers = bearer(login(client, make_user(roles=("manager",)).email))
-    response = client.get("/v1/users/?includeDeleted=true", headers=headers)
+    response = client.get("/v1/users?includeDeleted=true", headers=headers)
     assert response.status_code == 403
 
 
@@ -169,7 +169,7 @@ def test_duplicate_email_is_conflict_case_insensitively(client, make_user):
     make_user(email="dup@example.com")
     headers = bearer(login(client, make_user(roles=("admin",)).email))
     response = client.post(
-        "/v1/users/",
+        "/v1/users",
         json={**NEW_USER, "email": "DUP@example.com"},
         headers={**headers, **idempotency_key()},
     )

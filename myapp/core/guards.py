@@ -1,0 +1,134 @@
+"""The request guards that need Redis, in one round trip: API budget and token denylist.
+
+One pipeline per request carries the fixed-window counter of the caller's budget
+(`RATELIMIT_DEFAULT`, keyed by user id when a verified token came, else by client
+address) and, when a token came, the check of its id against the denylist (tokens ended by
+logout). Health, metrics and CORS preflights are exempt from the budget.
+
+Redis down: the request goes on. The budget fails open (one warning line, and
+`ratelimit_storage_errors_total` counts it); the denylist is then unknown, and the login
+session check in PostgreSQL (same request, next step) still refuses logged-out tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis.exceptions
+from flask import Response, g, request
+from limits import parse
+
+from myapp.core.config import current_settings
+from myapp.core.context import current_credentials
+from myapp.core.errors import AppError
+from myapp.core.logging import get_logger
+from myapp.core.ratelimit import count_storage_error
+from myapp.core.redis import redis_client, redis_key
+
+EXEMPT_PREFIXES = ("/health", "/metrics")
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """`amount` requests per `seconds`-long window."""
+
+    amount: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUse:
+    """Where a caller stands in the current window (for the `X-RateLimit-*` headers)."""
+
+    budget: Budget
+    used: int
+    resets_at: int  # epoch seconds
+
+    @property
+    def exceeded(self) -> bool:
+        """More requests than the budget allows in this window."""
+        return self.used > self.budget.amount
+
+    def headers(self) -> dict[str, str]:
+        """`X-RateLimit-*` (and `Retry-After` once exceeded)."""
+        values = {
+            "X-RateLimit-Limit": str(self.budget.amount),
+            "X-RateLimit-Remaining": str(max(self.budget.amount - self.used, 0)),
+            "X-RateLimit-Reset": str(self.resets_at),
+        }
+        if self.exceeded:
+            values["Retry-After"] = str(max(math.ceil(self.resets_at - time.time()), 1))
+        return values
+
+
+@lru_cache(maxsize=64)
+def parse_budget(text: str) -> Budget:
+    """`300/minute`, `10 per 1 second`, ... (the notation of the `limits` library)."""
+    item = parse(text)
+    return Budget(amount=item.amount, seconds=item.get_expiry())
+
+
+def denylist_key(token_id: str) -> str:
+    """Where a revoked access token's id is kept until the token expires."""
+    return redis_key("denylist", "jti", token_id)
+
+
+def deny_token(token_id: str, expires_at: int) -> None:
+    """Refuse this access token until it expires anyway (raises when Redis is down)."""
+    ttl = max(int(expires_at - time.time()), 1)
+    redis_client().set(denylist_key(token_id), "1", ex=ttl)
+
+
+def _budget_scope() -> str | None:
+    """`user:<id>` or `ip:<address>`, or None when this request spends no budget."""
+    settings = current_settings()
+    if not settings.ratelimit_enabled or request.method == "OPTIONS":
+        return None
+    if request.path.startswith(EXEMPT_PREFIXES):
+        return None
+    credentials = current_credentials()
+    return f"user:{credentials.user_id}" if credentials else f"ip:{request.remote_addr}"
+
+
+def check_guards() -> None:
+    """Step: count the budget and look the token up in the denylist, in one round trip."""
+    scope, credentials = _budget_scope(), current_credentials()
+    if scope is None and credentials is None:
+        return
+    pipe = redis_client().pipeline(transaction=False)
+    window = None
+    if scope is not None:
+        budget = parse_budget(current_settings().ratelimit_default)
+        window = int(time.time()) // budget.seconds
+        counter = redis_key("ratelimit", "api", scope, str(window))
+        pipe.incr(counter)
+        pipe.expire(counter, budget.seconds + 1, nx=True)
+    if credentials is not None:
+        pipe.exists(denylist_key(credentials.token_id))
+    try:
+        results = pipe.execute()
+    except redis.exceptions.RedisError:
+        count_storage_error()
+        log.warning("ratelimit.storage_unavailable", allowed=True)
+        return
+    if credentials is not None and results[-1]:
+        g.credentials_revoked = True
+    if window is not None:
+        use = BudgetUse(
+            budget=budget, used=int(results[0]), resets_at=(window + 1) * budget.seconds
+        )
+        g.budget_use = use
+        if use.exceeded:
+            raise AppError("RATE_LIMITED", headers=use.headers())
+
+
+def add_budget_headers(response: Response) -> Response:
+    """Finisher: tell the caller where they stand (unless a route budget already did)."""
+    use: BudgetUse | None = g.get("budget_use")
+    if use is not None and "X-RateLimit-Limit" not in response.headers:
+        response.headers.update(use.headers())
+    return response
