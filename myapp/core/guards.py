@@ -1,9 +1,10 @@
 """The request guards that need Redis, in one round trip: API budget and token denylist.
 
-One pipeline per request carries the fixed-window counter of the caller's budget
-(`RATELIMIT_DEFAULT`, keyed by user id when a verified token came, else by client
-address) and, when a token came, the check of its id against the denylist (tokens ended by
-logout). Health, metrics and CORS preflights are exempt from the budget.
+One command per request (a small Lua script, so it is one round trip and atomic) counts
+the fixed-window budget of the caller (`RATELIMIT_DEFAULT`, keyed by user id when a
+verified token came, else by client address) and, when a token came, looks its id up in
+the denylist (tokens ended by logout). Health, metrics and CORS preflights are exempt from
+the budget.
 
 Redis down: the request goes on. The budget fails open (one warning line, and
 `ratelimit_storage_errors_total` counts it); the denylist is then unknown, and the login
@@ -12,6 +13,7 @@ session check in PostgreSQL (same request, next step) still refuses logged-out t
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +32,19 @@ from myapp.core.redis import redis_client, redis_key
 
 EXEMPT_PREFIXES = ("/health", "/metrics")
 log = get_logger(__name__)
+
+#: KEYS: budget counter, denylist entry. ARGV: window seconds (0: no budget), 1/0: check
+#: the denylist. Returns {requests counted in this window (-1: none), token denied 1/0}.
+GUARDS_SCRIPT = """
+local used, denied = -1, 0
+if ARGV[1] ~= "0" then
+  used = redis.call("INCR", KEYS[1])
+  if used == 1 then redis.call("EXPIRE", KEYS[1], ARGV[1] + 1) end
+end
+if ARGV[2] == "1" then denied = redis.call("EXISTS", KEYS[2]) end
+return {used, denied}
+"""
+GUARDS_SHA = hashlib.sha1(GUARDS_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis' script id
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,33 +109,36 @@ def _budget_scope() -> str | None:
     return f"user:{credentials.user_id}" if credentials else f"ip:{request.remote_addr}"
 
 
+def _run_guards(keys: tuple[str, str], args: tuple[int, int]) -> list[int]:
+    """The script by its id; loaded first when this Redis does not know it yet."""
+    client = redis_client()
+    try:
+        return client.evalsha(GUARDS_SHA, 2, *keys, *args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(GUARDS_SCRIPT)  # a new or restarted Redis: once per server
+        return client.evalsha(GUARDS_SHA, 2, *keys, *args)
+
+
 def check_guards() -> None:
     """Step: count the budget and look the token up in the denylist, in one round trip."""
     scope, credentials = _budget_scope(), current_credentials()
     if scope is None and credentials is None:
         return
-    pipe = redis_client().pipeline(transaction=False)
-    window = None
-    if scope is not None:
-        budget = parse_budget(current_settings().ratelimit_default)
-        window = int(time.time()) // budget.seconds
-        counter = redis_key("ratelimit", "api", scope, str(window))
-        pipe.incr(counter)
-        pipe.expire(counter, budget.seconds + 1, nx=True)
-    if credentials is not None:
-        pipe.exists(denylist_key(credentials.token_id))
+    budget = parse_budget(current_settings().ratelimit_default)
+    window = int(time.time()) // budget.seconds
+    counter = redis_key("ratelimit", "api", scope, str(window)) if scope else ""
+    denylisted = denylist_key(credentials.token_id) if credentials else ""
+    args = (budget.seconds if scope else 0, 1 if credentials else 0)
     try:
-        results = pipe.execute()
+        used, denied = _run_guards((counter, denylisted), args)
     except redis.exceptions.RedisError:
         count_storage_error()
         log.warning("ratelimit.storage_unavailable", allowed=True)
         return
-    if credentials is not None and results[-1]:
+    if denied:
         g.credentials_revoked = True
-    if window is not None:
-        use = BudgetUse(
-            budget=budget, used=int(results[0]), resets_at=(window + 1) * budget.seconds
-        )
+    if scope is not None:
+        use = BudgetUse(budget=budget, used=int(used), resets_at=(window + 1) * budget.seconds)
         g.budget_use = use
         if use.exceeded:
             raise AppError("RATE_LIMITED", headers=use.headers())

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from myapp.core.config import current_settings
@@ -53,8 +54,20 @@ EXPOSED_HEADERS = [
 ]
 
 
+class LazyCookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without building a signer for requests that carry
+    no session cookie (nearly every request of an API)."""
+
+    def open_session(self, app: Flask, request: object) -> SecureCookieSession | None:
+        """An empty session when no cookie came; Flask's own handling otherwise."""
+        if self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def register_security(app: Flask, settings: Settings) -> None:
     """ProxyFix, Talisman and CORS (the request checks are pipeline steps below)."""
+    app.session_interface = LazyCookieSessions()
     if settings.trusted_proxy_hops:
         hops = settings.trusted_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
@@ -68,6 +81,7 @@ def register_security(app: Flask, settings: Settings) -> None:
         referrer_policy="no-referrer",
         session_cookie_secure=not settings.is_dev,
     )
+    _compute_security_headers_once(app, secure_cookies=not settings.is_dev)
     cors.init_app(
         app,
         resources={r"/v1/*": {"origins": settings.cors_origins}},
@@ -75,6 +89,39 @@ def register_security(app: Flask, settings: Settings) -> None:
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
+
+
+def _compute_security_headers_once(app: Flask, *, secure_cookies: bool) -> None:
+    """Apply Talisman's headers from a cache instead of recomputing them for each response.
+
+    Talisman rebuilds every policy string on every response, although they depend only on
+    the route (views may carry their own options, like the docs page) and on whether the
+    request came over HTTPS (HSTS). Its other hooks do nothing here (no forced HTTPS, no
+    CSP nonce) except set `SESSION_COOKIE_SECURE` again each time, which is set once here.
+    """
+    app.config["SESSION_COOKIE_SECURE"] = secure_cookies
+    compute = talisman._set_response_headers  # noqa: SLF001 - the one place that builds them
+    dropped = {talisman._force_https, talisman._make_nonce, compute}  # noqa: SLF001
+    cache: dict[tuple[str | None, bool], list[tuple[str, str]]] = {}
+
+    def add_security_headers(response: Response) -> Response:
+        secure = request.is_secure or request.headers.get("X-Forwarded-Proto") == "https"
+        key = (request.endpoint, secure)
+        headers = cache.get(key)
+        if headers is None:
+            blank = Response()
+            before = set(blank.headers.keys())
+            compute(blank)
+            headers = [(name, value) for name, value in blank.headers if name not in before]
+            cache[key] = headers
+        for name, value in headers:
+            response.headers[name] = value
+        return response
+
+    for kind in (app.before_request_funcs, app.after_request_funcs):
+        hooks = kind.setdefault(None, [])
+        hooks[:] = [hook for hook in hooks if hook not in dropped]
+    app.after_request(add_security_headers)
 
 
 def relax_csp_for_docs(app: Flask) -> None:

@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 import redis.connection
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, or_, select
 
+from myapp.audit.models import AuditLog
 from myapp.extensions import db
 from myapp.users.models import Role, User
 from tests.conftest import PASSWORD, bearer, clear_redis_prefix, login, redis_of, settings_of
@@ -36,8 +37,13 @@ def committed_user(real_app, password_hash):
         db.session.commit()
         user_id = user.id
     yield email
-    with real_app.app_context():
-        db.session.execute(delete(User).where(User.id == user_id))
+    with real_app.app_context():  # what the requests committed, so later tests see none of it
+        db.session.execute(
+            delete(AuditLog).where(
+                or_(AuditLog.actor_id == user_id, AuditLog.target_id == str(user_id))
+            )
+        )
+        db.session.execute(delete(User).where(User.id == user_id))  # logins cascade
         db.session.commit()
 
 
