@@ -11,6 +11,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export FLASK_APP := myapp
 SERVICES := $(BIN)/python -m myapp.devservices run --state-dir .devdata
+LOCAL_SECRETS := .env.local
 
 .PHONY: help install dev serve test lint format lint-deploy migrate seed clean
 
@@ -26,7 +27,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed ## Create .venv with runtime and dev dependencies
 
-dev: install ## Run web (REST + Socket.IO on :$(PORT)), Celery worker and beat
+$(LOCAL_SECRETS): | $(VENV)/.installed
+	$(BIN)/python -m myapp.devservices.secrets $@
+
+dev: install $(LOCAL_SECRETS) ## Run web (REST + Socket.IO on :$(PORT)), Celery worker and beat
 	$(SERVICES) --create-db -- $(MAKE) --no-print-directory serve
 
 serve: # (inside `dev`, once PostgreSQL and Redis answer)
@@ -49,10 +53,10 @@ format: install ## Apply ruff's fixes and formatting
 lint-deploy: ## Static checks of Dockerfile, compose, workflows and chart values
 	bash .ci/lint-deploy.sh
 
-migrate: install ## Apply migrations to DATABASE_URL
+migrate: install $(LOCAL_SECRETS) ## Apply migrations to DATABASE_URL
 	$(SERVICES) --create-db -- $(BIN)/flask db upgrade
 
-seed: install ## Seed reference data into DATABASE_URL
+seed: install $(LOCAL_SECRETS) ## Seed reference data into DATABASE_URL
 	$(SERVICES) --create-db -- $(BIN)/flask seed
 
 clean: ## Remove .venv, embedded server data and caches

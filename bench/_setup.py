@@ -6,6 +6,7 @@ import os
 
 from sqlalchemy import make_url
 
+from myapp.devservices.secrets import generate as generate_local_secrets
 from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 
 EMAIL = "bench@example.com"
@@ -41,6 +42,8 @@ def prepare_database(base_url: str) -> str:
 
 def server_env(name: str, **overrides: str) -> dict[str, str]:
     """Environment for a benchmark server: its own migrated database, quiet logs."""
+    for key, value in generate_local_secrets().items():  # no built-in secrets: random ones
+        os.environ.setdefault(key, value)
     base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     return {
         "APP_ENV": "test",

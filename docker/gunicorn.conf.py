@@ -24,7 +24,12 @@ _metrics_dir = Path(
 )
 
 bind = [f"0.0.0.0:{_settings.port}"]  # noqa: S104 - inside a container/pod, behind the ingress
-worker_class = "gevent"
+# gevent, answering gunicorn's own refusals (bad request line or header, headers over
+# the limits below) in the API's JSON envelope instead of an HTML page.
+worker_class = "myapp.core.web_worker.EnvelopeGeventWorker"
+limit_request_line = 4094  # bytes of method + path + query
+limit_request_fields = 100  # headers per request
+limit_request_field_size = 8190  # bytes per header (a bearer token must fit)
 workers = _settings.web_concurrency
 worker_connections = _settings.gunicorn_worker_connections
 timeout = _settings.gunicorn_timeout

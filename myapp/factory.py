@@ -17,9 +17,9 @@ from myapp.auth import caller, tokens
 from myapp.auth import service as auth_service
 from myapp.auth.routes import blp as auth_blp
 from myapp.cli import register_cli, register_seeder
-from myapp.core import admission, context, guards, idempotency, pipeline, security
+from myapp.core import admission, bodies, context, guards, idempotency, pipeline, security
 from myapp.core import db as database
-from myapp.core.api import api
+from myapp.core.api import SWAGGER_UI_URL, api, serve_swagger_ui_assets
 from myapp.core.config import install_settings
 from myapp.core.crypto import init_crypto
 from myapp.core.db import engine_options
@@ -56,9 +56,9 @@ def request_pipeline() -> pipeline.Pipeline:
             pipeline.match_route,  # 2. 404/405 before any guard; never a redirect
             admission.admit,  # 2. in-flight limit per worker, others wait in arrival order
             database.read_safe_methods_in_autocommit,  # GET/HEAD: 1 round trip per read
-            security.require_accepted_media_type,  # 2. bodies we can parse (size: Flask)
             tokens.read_bearer_token,  # 3. caller, part one: the JWT verified, no I/O
             guards.check_guards,  # 4. one Redis round trip: budget + token denylist
+            bodies.check_body,  # 4. media type, JSON size/depth/numbers, clean text
             security.enforce_admin_networks,  # 5. admin routes from allowed networks only
             caller.resolve_caller,  # 5. caller, part two: one SQL statement; RBAC
             pipeline.feature_gate(flags_service.is_enabled),  # 5. flags: in-process cache
@@ -67,6 +67,8 @@ def request_pipeline() -> pipeline.Pipeline:
         finishers=(
             idempotency.finish,  # keep the answer for replays
             guards.add_budget_headers,  # X-RateLimit-*
+            security.forbid_caching_credentials,  # Cache-Control: no-store
+            security.vary_on_origin,  # Vary: Origin where an origin is echoed
             context.echo_request_id,  # X-Request-ID
             log_access,  # one access line
         ),
@@ -111,7 +113,7 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "OPENAPI_URL_PREFIX": "/" if docs else None,
         "OPENAPI_JSON_PATH": "openapi.json",
         "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_URL,
         "CACHE_TYPE": "RedisCache",
         "CACHE_REDIS_URL": settings.cache_url,
         "CACHE_KEY_PREFIX": f"{settings.redis_prefix}cache:",
@@ -161,4 +163,5 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     if settings.api_docs_enabled:
+        serve_swagger_ui_assets(app)
         security.relax_csp_for_docs(app)

@@ -31,12 +31,14 @@ DEFAULT_REDIS_URL = defaults.REDIS_URL
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 KEY_BYTES = 32
 
-#: Environments where a built-in development secret is acceptable.
+#: Environments where developer conveniences (demo users, the old published keys) are allowed.
 DEV_ENVS = frozenset({"local", "dev", "test"})
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_MARKERS = ("change-me", "changeme", "insecure", "placeholder", "dev-only", "example")
-_DEV_SECRET = "dev-only-insecure-secret-change-me-0000000000"  # noqa: S105 - refused outside dev
-#: Development key ring and blind-index key (base64 of fixed bytes): refused outside dev.
+_REQUIRED_HINT = (
+    "is required: set it, or run `make dev`, which writes random local ones to .env.local"
+)
+#: The key ring and blind-index key earlier versions shipped (public): refused outside dev.
 _DEV_ENCRYPTION_KEYS = "dev1:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE="
 _DEV_BLIND_INDEX_KEY = "ZGV2LW9ubHktYmxpbmQtaW5kZXgta2V5LTMyYnl0ZSE="  # noqa: S105
 
@@ -130,7 +132,7 @@ class Settings(BaseSettings):
     """Every setting the application reads. Field names map to upper-case env vars."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=(".env", ".env.local"),  # .env.local (random local secrets) wins
         env_file_encoding="utf-8",
         env_ignore_empty=True,
         extra="ignore",
@@ -142,8 +144,9 @@ class Settings(BaseSettings):
     app_name: str = Field("myapp", pattern=r"^[a-z][a-z0-9-]{0,30}$")
     app_version: str = "0.1.0"
 
-    secret_key: SecretStr = SecretStr(_DEV_SECRET)
-    jwt_secret_key: SecretStr = SecretStr(_DEV_SECRET)
+    # No defaults: a secret written in the code is a secret everybody knows.
+    secret_key: SecretStr | None = None
+    jwt_secret_key: SecretStr | None = None
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
@@ -171,6 +174,7 @@ class Settings(BaseSettings):
     api_docs_enabled: bool = False
     trusted_proxy_hops: int = Field(0, ge=0, le=5)
     max_content_length: int = Field(10 * 1024 * 1024, ge=1024)
+    json_max_bytes: int = Field(64 * 1024, ge=1024)
 
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
@@ -193,8 +197,8 @@ class Settings(BaseSettings):
     jwt_access_token_expires: int = Field(900, ge=60, description="seconds")
     jwt_refresh_token_expires: int = Field(7 * 24 * 3600, ge=300, description="seconds")
 
-    encryption_keys: SecretStr = SecretStr(_DEV_ENCRYPTION_KEYS)
-    blind_index_key: SecretStr = SecretStr(_DEV_BLIND_INDEX_KEY)
+    encryption_keys: SecretStr | None = None
+    blind_index_key: SecretStr | None = None
 
     password_hash_threads: int = Field(1, ge=1, le=16)
     ratelimit_enabled: bool = True
@@ -229,17 +233,24 @@ class Settings(BaseSettings):
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("secret_key", "jwt_secret_key")
+    @field_validator("secret_key", "jwt_secret_key", mode="after")
     @classmethod
-    def _strong_secret_outside_dev(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
-        if info.data.get("app_env", "local") in DEV_ENVS:
-            return value
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr:
+        if value is None:
+            raise ValueError(_REQUIRED_HINT)
         secret = value.get_secret_value()
         if len(secret) < MIN_SECRET_LENGTH or _is_placeholder(secret):
             raise ValueError(
                 f"must be a real secret of at least {MIN_SECRET_LENGTH} characters "
-                "(placeholders are refused outside local/dev/test)"
+                "(placeholders are refused in every environment)"
             )
+        return value
+
+    @field_validator("encryption_keys", "blind_index_key", mode="after")
+    @classmethod
+    def _required(cls, value: SecretStr | None) -> SecretStr:
+        if value is None:
+            raise ValueError(_REQUIRED_HINT)
         return value
 
     @field_validator("encryption_keys")

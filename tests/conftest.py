@@ -30,6 +30,7 @@ from sqlalchemy import make_url
 from myapp import create_app
 from myapp.core.config import current_settings
 from myapp.core.redis import redis_client
+from myapp.devservices.secrets import generate as generate_local_secrets
 from myapp.extensions import db, limiter
 from myapp.flags import service as flags_service
 from myapp.flags.cache import FlagCache, flag_cache
@@ -45,6 +46,11 @@ PROD_SECRETS = {
     "blind_index_key": "SUpLTE1OT1BRUlNUVVZXWFlaYWJjZGVmZ2hpamtsbW4=",
 }
 RUN_ID = os.environ.get("TEST_RUN_ID") or secrets.token_hex(3)
+# The app has no built-in secrets: this run gets random ones, in the environment so that
+# the gunicorn and Celery processes some tests start use the same (a token signed by one
+# process is valid in another).
+for _name, _value in generate_local_secrets().items():
+    os.environ.setdefault(_name, _value)
 TEST_DB_NAME = f"myapp_test_{RUN_ID}"
 TEST_APP_NAME = f"myapp-{RUN_ID}"
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))

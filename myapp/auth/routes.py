@@ -1,4 +1,7 @@
-"""`/v1/auth`: login, refresh, logout, sessions, password (sign-up lives with users)."""
+"""`/v1/auth`: login, refresh, logout, sessions, password (sign-up lives with users).
+
+Every route here `carries_credentials`: no idempotent replay, no caching.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from myapp.auth.schemas import (
 )
 from myapp.core.api import Blueprint
 from myapp.core.context import current_actor, current_credentials
+from myapp.core.pipeline import carries_credentials
 from myapp.core.ratelimit import setting
 from myapp.extensions import limiter
 
@@ -59,6 +63,7 @@ class Login(MethodView):
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    @carries_credentials
     def post(self, body: dict) -> Any:
         """Exchange e-mail and password for an access and a refresh token."""
         return _deliver(service.login(email=body["email"], password=body["password"]))
@@ -73,6 +78,7 @@ class Refresh(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, response="UNAUTHORIZED")
+    @carries_credentials
     def post(self, body: dict) -> Any:
         """Spend a refresh token for a new pair; a spent one revokes its whole login.
 
@@ -89,6 +95,7 @@ class Logout(MethodView):
 
     @blp.auth()
     @blp.response(204)
+    @carries_credentials
     def post(self) -> Any:
         """End this login: the access token and its refresh family stop working at once."""
         cookies.require_csrf()
@@ -106,6 +113,7 @@ class Sessions(MethodView):
 
     @blp.auth()
     @blp.response(200, SessionSchema(many=True))
+    @carries_credentials
     def get(self) -> list:
         """Open logins, most recently used first; `current` marks this one."""
         return service.list_sessions(actor=current_actor())
@@ -118,6 +126,7 @@ class Session(MethodView):
     @blp.auth()
     @blp.response(204)
     @blp.alt_response(404, response="NOT_FOUND")
+    @carries_credentials
     def delete(self, session_id: uuid.UUID) -> None:
         """End that login; its tokens stop working."""
         service.revoke_session(session_id=session_id, actor=current_actor())
@@ -130,6 +139,7 @@ class Password(MethodView):
     @blp.auth()
     @blp.arguments(PasswordChangeSchema)
     @blp.response(204)
+    @carries_credentials
     def post(self, body: dict) -> None:
         """Change the caller's password; every existing token of theirs stops working."""
         service.change_password(

@@ -24,12 +24,19 @@ from typing import Any, Literal
 
 import flask_smorest
 import marshmallow as ma
+from flask import Flask, Response, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+from webargs import core as webargs_core
+from webargs.flaskparser import FlaskParser
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from myapp.core.bodies import parsed_json
+from myapp.core.errors import AppError
 from myapp.core.paging import Page
 from myapp.core.pipeline import caller_required
 
 PageKind = Literal["offset", "cursor", "any"]
+MAX_PAGE = 10_000  # deeper offset pages are slow for the database: use the cursor
 MAX_PER_PAGE = 100
 
 
@@ -103,7 +110,7 @@ class AnyPageMetaSchema(Schema):
 class OffsetPageArgs(Schema):
     """`?page=1&perPage=20` (max 100)."""
 
-    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1))
+    page = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=MAX_PAGE))
     per_page = ma.fields.Integer(load_default=20, validate=ma.validate.Range(min=1, max=100))
 
 
@@ -148,8 +155,18 @@ def success_envelope(
     return _envelope_cache[key]()
 
 
+class _Parser(FlaskParser):
+    """Loads JSON bodies as the request pipeline parsed and checked them (one parse)."""
+
+    def _raw_load_json(self, req: Any) -> Any:
+        value = parsed_json()
+        return webargs_core.missing if value is None else value
+
+
 class Blueprint(flask_smorest.Blueprint):
     """A smorest blueprint whose responses carry the envelope of docs/api.md."""
+
+    ARGUMENTS_PARSER = _Parser()
 
     def response(
         self,
@@ -217,3 +234,22 @@ class Api(flask_smorest.Api):
 
 
 api = Api()
+
+
+#: The Swagger UI files the docs page loads, served from the pinned `swagger-ui-bundle`
+#: package: the page works offline and depends on no CDN.
+SWAGGER_UI_FILES = frozenset(
+    {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"}
+)
+SWAGGER_UI_URL = "/docs/assets/"
+
+
+def serve_swagger_ui_assets(app: Flask) -> None:
+    """Route `/docs/assets/<file>` to Swagger UI's files (only the three the page needs)."""
+
+    def swagger_ui_asset(filename: str) -> Response:
+        if filename not in SWAGGER_UI_FILES:
+            raise AppError("NOT_FOUND")
+        return send_from_directory(swagger_ui_path, filename, max_age=86_400)
+
+    app.add_url_rule(f"{SWAGGER_UI_URL}<path:filename>", "swagger_ui_asset", swagger_ui_asset)

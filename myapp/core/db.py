@@ -94,6 +94,9 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         "pool_timeout": settings.db_pool_timeout,
         "pool_recycle": settings.db_pool_recycle,
         "pool_pre_ping": settings.db_pool_pre_ping,
+        # Errors name the statement but never its parameters: they are user data (a
+        # password hash, an e-mail) and would reach the logs with the exception.
+        "hide_parameters": True,
         "connect_args": {
             "connect_timeout": settings.db_connect_timeout,
             "application_name": f"{settings.app_name}-{settings.app_env}",

@@ -88,6 +88,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: At most this many `details` are returned; the message says how many there were.
+MAX_DETAILS = 50
+
+
 class AppError(Exception):
     """An expected failure with a catalog code; raise it from services and routes."""
 
@@ -105,6 +109,9 @@ class AppError(Exception):
         self.status = entry.status
         self.message = message or entry.description
         self.details = list(details or [])
+        if len(self.details) > MAX_DETAILS:
+            self.message += f" {len(self.details)} problems; the first {MAX_DETAILS} are listed."
+            self.details = self.details[:MAX_DETAILS]
         self.headers = dict(headers or {})
 
 

@@ -11,6 +11,12 @@ with the same key and caller:
 
 Keys are scoped to the caller: the user of the verified token, or the client address when
 anonymous. If Redis is down the request is refused with 503 rather than risk running twice.
+
+Routes whose answers carry credentials (`carries_credentials`: everything under
+`/v1/auth`) take no part: a token is never stored, and a spent refresh token always meets
+reuse detection. What is stored (status, a few headers, body) is sealed with the
+field-encryption key ring (AES-256-GCM), bound to its Redis key: Redis never holds the
+personal data of a replayable answer in clear.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from flask import Response, g, request
 
 from myapp.core.config import current_settings
 from myapp.core.context import current_credentials
+from myapp.core.crypto import CryptoError, crypto
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
 from myapp.core.pipeline import current_route_policy
@@ -66,9 +73,18 @@ def _fingerprint() -> str:
     return digest.hexdigest()
 
 
-def _replay(record: dict[str, Any]) -> Response:
-    response = Response(base64.b64decode(record["body"]), status=record["status"])
-    for name, value in record["headers"].items():
+def _seal(answer: dict[str, Any], store_key: str) -> str:
+    return crypto().ring.encrypt(json.dumps(answer), aad=store_key)
+
+
+def _replay(record: dict[str, Any], store_key: str) -> Response:
+    try:
+        answer = json.loads(crypto().ring.decrypt(record["sealed"], aad=store_key))
+    except CryptoError:  # its key left the ring within the retention: it cannot be replayed
+        log.error("idempotency.unreadable_answer")
+        raise AppError("SERVICE_UNAVAILABLE") from None
+    response = Response(base64.b64decode(answer["body"]), status=answer["status"])
+    for name, value in answer["headers"].items():
         response.headers[name] = value
     response.headers[REPLAYED_HEADER] = "true"
     return response
@@ -76,12 +92,12 @@ def _replay(record: dict[str, Any]) -> Response:
 
 def begin() -> Response | None:
     """Step: take the key, replay a finished answer, or refuse."""
-    settings = current_settings()
-    if not settings.idempotency_enabled or request.method not in METHODS:
+    settings, policy = current_settings(), current_route_policy()
+    if not settings.idempotency_enabled or request.method not in METHODS or policy.credentials:
         return None
     key = request.headers.get(HEADER)
     if key is None:
-        if current_route_policy().idempotency_key:
+        if policy.idempotency_key:
             raise AppError("BAD_REQUEST", f"This request requires an {HEADER} header.")
         return None
     if not _VALID_KEY.fullmatch(key):
@@ -102,7 +118,7 @@ def begin() -> Response | None:
             raise AppError("IDEMPOTENCY_KEY_MISMATCH")
         if record["state"] == "running":
             raise AppError("IDEMPOTENCY_KEY_IN_USE")
-        return _replay(record)
+        return _replay(record, store_key)
     raise AppError("IDEMPOTENCY_KEY_IN_USE")
 
 
@@ -121,13 +137,12 @@ def finish(response: Response) -> Response:
         if response.status_code >= 500 or response.status_code == 429 or response.is_streamed:
             redis_client().delete(store_key)
             return response
-        record = {
-            "state": "done",
-            "fp": fingerprint,
+        answer = {
             "status": response.status_code,
             "headers": {h: response.headers[h] for h in STORED_HEADERS if h in response.headers},
             "body": base64.b64encode(response.get_data()).decode(),
         }
+        record = {"state": "done", "fp": fingerprint, "sealed": _seal(answer, store_key)}
         redis_client().set(store_key, json.dumps(record), ex=settings.idempotency_ttl_seconds)
     except redis.exceptions.RedisError:
         # The work is done and answered; only a replay is lost. Say so, do not fail it.

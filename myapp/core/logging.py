@@ -43,10 +43,12 @@ _PHONE_KEYS = frozenset({"phone", "phone_number", "mobile"})
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 _BEARER_RE = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_PASSWORD_HASH_RE = re.compile(r"\$(?:argon2(?:id|i|d)|2[aby]|pbkdf2[-_a-z0-9]*|scrypt)\$[^\s'\"]+")
 _URL_PASSWORD_RE = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 #: Every pattern of `scrub_text` needs one of these (lower-cased) to match.
 _SCRUB_TRIGGERS = (
     "@",
+    "$",
     "eyj",
     "bearer",
     "basic",
@@ -94,6 +96,7 @@ def scrub_text(text: str) -> str:
     text = _URL_PASSWORD_RE.sub(rf"\1{MASK}@", text)
     text = _BEARER_RE.sub(rf"\1 {MASK}", text)
     text = _JWT_RE.sub(MASK, text)
+    text = _PASSWORD_HASH_RE.sub(MASK, text)
     text = _ASSIGNMENT_RE.sub(rf"\1\2{MASK}", text)
     return mask_email(text)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, literal, select, tuple_
 
+from myapp.core.bodies import is_clean_text
 from myapp.core.errors import AppError
 from myapp.extensions import db
 
@@ -56,6 +57,8 @@ def decode_cursor(cursor: str, size: int) -> list[str]:
     except (binascii.Error, ValueError):
         raise AppError("BAD_REQUEST", "Invalid cursor.") from None
     if not isinstance(values, list) or len(values) != size:
+        raise AppError("BAD_REQUEST", "Invalid cursor.")
+    if not all(isinstance(v, str) and is_clean_text(v) for v in values):
         raise AppError("BAD_REQUEST", "Invalid cursor.")
     return values
 

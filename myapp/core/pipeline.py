@@ -7,9 +7,9 @@ idempotent replay). Later steps read what earlier ones left on `flask.g`. Finish
 order on every response, error answers included; cleanups run at teardown.
 
 Routes declare what the pipeline must check for them (`caller_required`,
-`feature_required`, `idempotency_required`). The declarations are read only after the
-route has matched, so an unknown path or a wrong method is answered before any guard
-runs, and no guard runs twice.
+`feature_required`, `idempotency_required`, `carries_credentials`). The declarations are
+read only after the route has matched, so an unknown path or a wrong method is answered
+before any guard runs, and no guard runs twice.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class RoutePolicy:
     admin: bool = False  # only from ADMIN_ALLOWED_CIDRS when that is set
     feature: str | None = None  # feature flag that must be on for the caller
     idempotency_key: bool = False  # `Idempotency-Key` header required
+    credentials: bool = False  # answers carry credentials: never stored, never cached
 
 
 PUBLIC = RoutePolicy()
@@ -117,6 +118,12 @@ def feature_required(key: str) -> Callable[[View], View]:
 def idempotency_required(view: View) -> View:
     """Declare that callers must send an `Idempotency-Key` (400 without one)."""
     return declare(view, idempotency_key=True)
+
+
+def carries_credentials(view: View) -> View:
+    """Declare an auth route: its answers are never kept for idempotent replays (a spent
+    refresh token must always meet reuse detection) nor cached (`no-store`)."""
+    return declare(view, credentials=True)
 
 
 def _handler(view: Callable, method: str) -> Callable | None:

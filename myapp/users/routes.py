@@ -14,7 +14,7 @@ from myapp.core.api import Blueprint
 from myapp.core.context import current_actor
 from myapp.core.idempotency import IDEMPOTENCY_KEY_PARAMETER
 from myapp.core.paging import Page
-from myapp.core.pipeline import feature_required, idempotency_required
+from myapp.core.pipeline import carries_credentials, feature_required, idempotency_required
 from myapp.core.ratelimit import setting
 from myapp.extensions import limiter
 from myapp.users import service
@@ -68,6 +68,7 @@ class Register(MethodView):
     @registration_blp.response(201, UserSchema)
     @registration_blp.alt_response(404, response="NOT_FOUND", description="Registration is off")
     @registration_blp.alt_response(409, response="CONFLICT")
+    @carries_credentials  # under /v1/auth: like every auth route, never stored nor cached
     def post(self, body: dict) -> dict:
         """Create an account with the `user` role."""
         return present_user(service.register(**body), current_actor())

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from myapp.settings import ConfigError, load_settings
 from tests.conftest import PROD_SECRETS
@@ -121,14 +122,33 @@ def test_env_example_documents_exactly_the_settings():
     assert documented_variables() == fields
 
 
-def test_env_example_as_is_is_a_valid_local_configuration(tmp_path, monkeypatch):
+def test_env_example_with_generated_local_secrets_is_a_valid_local_configuration(
+    tmp_path, monkeypatch
+):
     for name in documented_variables():
         monkeypatch.delenv(name, raising=False)
+    from myapp.devservices.secrets import write_once
     from myapp.settings import Settings
 
-    settings = Settings(_env_file=ROOT / ".env.example")
+    with pytest.raises(ValidationError) as caught:  # .env.example holds no secret at all
+        Settings(_env_file=ROOT / ".env.example")
+    assert {"secret_key", "jwt_secret_key"} <= {e["loc"][0] for e in caught.value.errors()}
+    local = tmp_path / ".env.local"
+    assert write_once(local) and not write_once(local)  # written once, then kept
+    assert local.stat().st_mode & 0o777 == 0o600
+    settings = Settings(_env_file=(ROOT / ".env.example", local))
     assert settings.app_env == "local"
     assert settings.log_format == "console"
+    assert len(settings.jwt_secret_key.get_secret_value()) >= 48
+
+
+def test_two_checkouts_get_different_local_secrets(tmp_path):
+    from myapp.devservices.secrets import write_once
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_once(first)
+    write_once(second)
+    assert first.read_text() != second.read_text()
 
 
 def test_dev_keys_and_weak_admin_password_are_refused_in_prod(monkeypatch):

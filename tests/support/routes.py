@@ -96,3 +96,22 @@ def cursor_args(args: dict) -> dict:
 def register_test_routes(app: Flask) -> None:
     """Attach the test blueprint (plain Flask registration: not part of the OpenAPI doc)."""
     app.register_blueprint(blp)
+
+
+@blp.route("/db-error", methods=["POST"])
+def db_error() -> dict:
+    """Insert a user row (with a real password hash) that the database refuses."""
+    from myapp.core.passwords import hash_password
+    from myapp.users.models import User
+
+    password = (request.get_json(silent=True) or {}).get("password", "")
+    db.session.add(
+        User(
+            email="dberror@example.com",
+            name="Db",
+            status="bogus",
+            password_hash=hash_password(password),
+        )
+    )
+    db.session.flush()  # violates the status check constraint
+    return {}

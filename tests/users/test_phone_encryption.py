@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sqlalchemy import Engine, event, text
 
@@ -26,7 +28,8 @@ def test_raw_sql_shows_no_plaintext_phone(client, make_user, db_session):
     dump = " ".join(str(value) for row in raw_rows(db_session) for value in row)
     assert DIGITS not in dump
     (row,) = [r for r in raw_rows(db_session) if r.phone_ciphertext]
-    assert row.phone_ciphertext.startswith("v1.dev1.")
+    active = os.environ["ENCRYPTION_KEYS"].split(":", 1)[0]
+    assert row.phone_ciphertext.startswith(f"v1.{active}.")
     assert DIGITS not in row.phone_ciphertext and DIGITS not in row.phone_bidx
 
 
@@ -79,7 +82,7 @@ def test_ciphertext_copied_to_another_row_does_not_decrypt(make_user, db_session
 
 def test_rotation_re_encrypts_every_row_with_the_new_key(make_app, make_user, db_session):
     users = [make_user(phone=f"+1555000{n:04d}") for n in range(7)]
-    old_ring = "dev1:ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzJieXRlcyE="
+    old_ring = os.environ["ENCRYPTION_KEYS"]  # the ring the test app encrypted with
     new_entry = generate_key("k2026")
     rotated_app = make_app(encryption_keys=f"{new_entry},{old_ring}")
     with rotated_app.app_context():
