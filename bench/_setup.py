@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 
 from sqlalchemy import make_url
 
@@ -54,3 +56,13 @@ def server_env(name: str, **overrides: str) -> dict[str, str]:
         "PROMETHEUS_MULTIPROC_DIR": f"/tmp/myapp-bench-{name}-prometheus",  # noqa: S108
         **overrides,
     }
+
+
+def access_token(base: str) -> str:
+    """Log in as the benchmark user on the server at `base`; its access token."""
+    body = json.dumps({"email": EMAIL, "password": PASSWORD}).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        f"{base}/v1/auth/login", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read())["data"]["accessToken"]

@@ -16,29 +16,17 @@ alternate on/off so machine noise hits both; medians and their ratio are printed
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import urllib.request
 
 from bench._report import report_logger
-from bench._setup import EMAIL, PASSWORD, server_env
+from bench._setup import access_token, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.guards")
-
-
-def access_token(base: str) -> str:
-    """Log in once; the token is valid on both servers (same secret, same database)."""
-    body = json.dumps({"email": EMAIL, "password": PASSWORD}).encode()
-    request = urllib.request.Request(  # noqa: S310 - loopback only
-        f"{base}/v1/auth/login", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())["data"]["accessToken"]
 
 
 def wrk(url: str, token: str, seconds: float, connections: int) -> float:

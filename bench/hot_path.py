@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import re
 import secrets
@@ -36,14 +35,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench._report import report_logger
-from bench._setup import EMAIL, PASSWORD, server_env
+from bench._setup import access_token, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.hot_path")
@@ -92,16 +90,6 @@ def wrk(url: str, token: str, seconds: float, connections: int) -> WrkResult:
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
     )
-
-
-def access_token(base: str) -> str:
-    """Log in once on the project; the peer verifies the same token."""
-    body = json.dumps({"email": EMAIL, "password": PASSWORD}).encode()
-    request = urllib.request.Request(  # noqa: S310 - loopback only
-        f"{base}/v1/auth/login", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())["data"]["accessToken"]
 
 
 def prod_env(workdir: Path) -> dict[str, str]:

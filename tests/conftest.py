@@ -106,6 +106,19 @@ def flags_of(app: Flask) -> FlagCache:
         return flag_cache()
 
 
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    """Environment for an app server (gunicorn) a test starts: this run's database, Redis
+    index and key prefix, quiet logs."""
+    return {
+        "APP_ENV": "test",
+        "APP_NAME": TEST_APP_NAME,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_test_url(),
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Test settings; keyword overrides win over the environment."""
     values: dict[str, Any] = {

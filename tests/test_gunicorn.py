@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import TEST_APP_NAME, redis_test_url
+from tests.conftest import server_env
 from tests.support.servers import get, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -18,15 +18,8 @@ APP = "tests.support.wsgi_app:app"
 
 
 @pytest.fixture
-def server_env(database_url, tmp_path) -> dict[str, str]:
-    return {
-        "APP_ENV": "test",
-        "APP_NAME": TEST_APP_NAME,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_test_url(),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "LOG_LEVEL": "WARNING",
-    }
+def gunicorn_env(database_url, tmp_path) -> dict[str, str]:
+    return server_env(database_url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"))
 
 
 def metric_count(text: str, route: str) -> float:
@@ -35,8 +28,8 @@ def metric_count(text: str, route: str) -> float:
     return sum(float(value) for value in re.findall(pattern, text))
 
 
-def test_metrics_aggregate_across_two_workers(server_env):
-    with gunicorn(APP, workers=2, env=server_env) as (_, base):
+def test_metrics_aggregate_across_two_workers(gunicorn_env):
+    with gunicorn(APP, workers=2, env=gunicorn_env) as (_, base):
         pids: set[int] = set()
         sent = 0
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -52,18 +45,18 @@ def test_metrics_aggregate_across_two_workers(server_env):
             assert metric_count(text, "/_test/pid") == sent
 
 
-def test_ten_database_sleeps_overlap_on_one_gevent_worker(server_env):
+def test_ten_database_sleeps_overlap_on_one_gevent_worker(gunicorn_env):
     # Timing lives in bench/gevent_io.py; here the property itself: one process served all
     # ten at once, i.e. every sleep began before any of them ended.
-    with gunicorn(APP, workers=1, env=server_env) as (_, base), ThreadPoolExecutor(10) as pool:
+    with gunicorn(APP, workers=1, env=gunicorn_env) as (_, base), ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda _: get(f"{base}/_test/sleep?seconds=0.5"), range(10)))
     assert all(status == 200 for status, _ in answers)
     spans = [json.loads(body) for _, body in answers]
     assert max(s["started"] for s in spans) < min(s["ended"] for s in spans)
 
 
-def test_sigterm_fails_readiness_while_in_flight_requests_finish(server_env):
-    with gunicorn(APP, workers=1, env=server_env, drain=2) as (process, base):
+def test_sigterm_fails_readiness_while_in_flight_requests_finish(gunicorn_env):
+    with gunicorn(APP, workers=1, env=gunicorn_env, drain=2) as (process, base):
         assert get(f"{base}/health/ready")[0] == 200
         with ThreadPoolExecutor(max_workers=1) as pool:
             slow = pool.submit(get, f"{base}/_test/sleep?seconds=1.5")

@@ -22,12 +22,11 @@ import pytest
 from myapp.auth.models import AuthSession
 from myapp.core.redis import redis_key
 from tests.conftest import (
-    TEST_APP_NAME,
     bearer,
     idempotency_key,
     login,
     redis_of,
-    redis_test_url,
+    server_env,
     settings_of,
 )
 from tests.support.routes import register_test_routes
@@ -251,13 +250,7 @@ def test_a_database_error_on_a_row_with_a_password_hash_logs_none_of_it(make_app
 
 @pytest.mark.slow
 def test_gunicorn_refusals_answer_the_json_envelope(database_url):
-    env = {
-        "APP_ENV": "test",
-        "APP_NAME": TEST_APP_NAME,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_test_url(),
-        "LOG_LEVEL": "WARNING",
-    }
+    env = server_env(database_url)
     requests = [
         b"GET /v1/users/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
         + b"a" * 9000

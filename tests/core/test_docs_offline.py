@@ -13,59 +13,41 @@ import subprocess
 
 import pytest
 
-from tests.conftest import TEST_APP_NAME, redis_test_url
+from tests.conftest import server_env
 from tests.support.servers import gunicorn
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def browse(url: str, profile, *action: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on `url`, unable to resolve any host but the loopback address."""
+    return subprocess.run(
+        [
+            CHROMIUM,
+            *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update"),
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            f"--user-data-dir={profile}",
+            *("--virtual-time-budget=15000", "--window-size=1280,2000"),
+            *action,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_the_docs_page_renders_every_operation_offline(database_url, tmp_path):
-    env = {
-        "APP_ENV": "test",
-        "APP_NAME": TEST_APP_NAME,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_test_url(),
-        "LOG_LEVEL": "WARNING",
-    }
-    with gunicorn("wsgi:app", workers=1, env=env) as (_, base):
-        result = subprocess.run(
-            [
-                CHROMIUM,
-                *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
-                *("--disable-background-networking", "--disable-component-update"),
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                "--virtual-time-budget=15000",
-                f"--screenshot={tmp_path / 'docs.png'}",
-                "--window-size=1280,2000",
-                f"{base}/docs",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        dom = subprocess.run(
-            [
-                CHROMIUM,
-                *("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"),
-                *("--disable-background-networking", "--disable-component-update"),
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                f"--user-data-dir={tmp_path / 'profile2'}",
-                "--virtual-time-budget=15000",
-                "--dump-dom",
-                f"{base}/docs",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        ).stdout
+    with gunicorn("wsgi:app", workers=1, env=server_env(database_url)) as (_, base):
+        shot = browse(f"{base}/docs", tmp_path / "shot", f"--screenshot={tmp_path / 'docs.png'}")
+        dom = browse(f"{base}/docs", tmp_path / "dom", "--dump-dom").stdout
     if keep := os.environ.get("KEEP_DOCS_SCREENSHOT"):
         shutil.copy(tmp_path / "docs.png", keep)
-    assert (tmp_path / "docs.png").stat().st_size > 10_000, result.stderr[-2000:]
+    assert (tmp_path / "docs.png").stat().st_size > 10_000, shot.stderr[-2000:]
     assert "swagger-ui" in dom
     operations = dom.count('class="opblock ')
     assert operations >= 20, dom[-3000:]

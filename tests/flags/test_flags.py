@@ -17,14 +17,13 @@ from myapp.flags.cache import FlagState
 from myapp.flags.models import FlagRules
 from myapp.flags.service import decide
 from tests.conftest import (
-    TEST_APP_NAME,
     TEST_DB_NAME,
     bearer,
     drop_database,
     login,
     make_settings,
     recreate_database,
-    redis_test_url,
+    server_env,
 )
 from tests.support.servers import gunicorn
 
@@ -154,13 +153,7 @@ def call(base: str, path: str, token: str, body: dict | None = None) -> dict:
 
 @pytest.mark.slow
 def test_a_change_in_one_process_reaches_another_within_two_seconds(shared_database, tmp_path):
-    env = {
-        "APP_ENV": "test",
-        "APP_NAME": TEST_APP_NAME,
-        "DATABASE_URL": shared_database,
-        "REDIS_URL": redis_test_url(),
-        "LOG_LEVEL": "WARNING",
-    }
+    env = server_env(shared_database)
     key = f"cross.process.{uuid.uuid4().hex[:8]}"
     with (
         gunicorn(
