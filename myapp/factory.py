@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask
 from gevent import monkey
+from redis import Redis
 
 from myapp.audit.routes import blp as audit_blp
 from myapp.auth import caller, tokens
@@ -27,7 +28,7 @@ from myapp.core.errors import register_error_handlers
 from myapp.core.logging import configure_logging, log_access
 from myapp.core.metrics import register_metrics
 from myapp.core.ratelimit import limiter_config, register_ratelimit
-from myapp.core.redis import init_redis, redis_client
+from myapp.core.redis import init_redis
 from myapp.core.tasks import init_celery
 from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.flags import service as flags_service
@@ -88,8 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     admission.init_admission(app, settings.web_max_in_flight)
     metrics = register_metrics(app, settings)  # first, so it times every answer
     pipeline.install_pipeline(app, request_pipeline())
-    register_extensions(app, settings)
-    register_domains(app, settings)
+    redis = register_extensions(app, settings)
+    register_domains(app, settings, redis)
     register_error_handlers(app)
     register_blueprints(app, settings)
     register_ratelimit(app, metrics.registry)
@@ -123,8 +124,11 @@ def flask_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def register_extensions(app: Flask, settings: Settings) -> None:
-    """init_app every extension; create (not connect) the Redis clients and Celery."""
+def register_extensions(app: Flask, settings: Settings) -> Redis:
+    """init_app every extension; create (not connect) the Redis clients and Celery.
+
+    Returns the app's Redis client, for what the domains plug in.
+    """
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR), render_as_batch=False)
     database.init_db(app, settings)
@@ -132,7 +136,7 @@ def register_extensions(app: Flask, settings: Settings) -> None:
     cache.init_app(app)
     jwt.init_app(app)
     security.register_security(app, settings)
-    init_redis(app, settings)
+    redis = init_redis(app, settings)
     socketio.init_app(
         app,
         message_queue=settings.redis_url,
@@ -143,13 +147,13 @@ def register_extensions(app: Flask, settings: Settings) -> None:
         engineio_logger=False,
     )
     init_celery(app, settings)
+    return redis
 
 
-def register_domains(app: Flask, settings: Settings) -> None:
+def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     """What domains plug into the platform and into each other; their commands."""
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
-    with app.app_context():
-        init_flag_cache(app, redis_client(), settings.redis_prefix)
+    init_flag_cache(app, redis, settings.redis_prefix)
     init_crypto(app, settings)
     register_seeder(app, users_seed.seed)
     register_seeder(app, flags_service.seed)

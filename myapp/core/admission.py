@@ -18,9 +18,9 @@ from collections import deque
 from flask import Flask, current_app, g, request
 
 from myapp.core.config import current_settings
+from myapp.core.context import OPERATIONAL_PREFIXES
 from myapp.core.errors import AppError
 
-EXEMPT_PREFIXES = ("/health", "/metrics")
 _EXTENSION = "myapp.admission"
 
 
@@ -64,11 +64,16 @@ def init_admission(app: Flask, limit: int) -> None:
     app.extensions[_EXTENSION] = AdmissionGate(limit)
 
 
+def admission_gate() -> AdmissionGate:
+    """The current app's gate."""
+    return current_app.extensions[_EXTENSION]
+
+
 def admit() -> None:
     """Step: wait for a slot in arrival order; 503 once `WEB_QUEUE_TIMEOUT` has passed."""
-    if request.path.startswith(EXEMPT_PREFIXES):
+    if request.path.startswith(OPERATIONAL_PREFIXES):
         return
-    if not current_app.extensions[_EXTENSION].enter(current_settings().web_queue_timeout):
+    if not admission_gate().enter(current_settings().web_queue_timeout):
         raise AppError(
             "SERVICE_UNAVAILABLE",
             "The server is busy; retry shortly.",
@@ -80,4 +85,4 @@ def admit() -> None:
 def release(_: BaseException | None = None) -> None:
     """Cleanup: the request is done with its slot."""
     if g.pop("admitted", False):
-        current_app.extensions[_EXTENSION].leave()
+        admission_gate().leave()

@@ -18,6 +18,8 @@ from flask import Response, g, request
 from ulid import ULID
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: Probes and scrapes: they skip the admission queue and the budget, and log quietly.
+OPERATIONAL_PREFIXES = ("/health", "/metrics")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -133,8 +135,7 @@ def bind_request() -> None:
     """
     vars(g).clear()
     g.request_started = time.perf_counter()
-    g.request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
-    bind_request_id(g.request_id)
+    bind_request_id(accept_request_id(request.headers.get(REQUEST_ID_HEADER)))
     bind_actor(ANONYMOUS)
     agent = request.user_agent.string[:300] or None
     client_var.set(Client(ip=request.remote_addr, user_agent=agent))

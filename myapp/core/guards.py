@@ -24,13 +24,12 @@ from flask import Response, g, request
 from limits import parse
 
 from myapp.core.config import current_settings
-from myapp.core.context import current_credentials
+from myapp.core.context import OPERATIONAL_PREFIXES, current_credentials
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
 from myapp.core.ratelimit import count_storage_error
 from myapp.core.redis import redis_client, redis_key
 
-EXEMPT_PREFIXES = ("/health", "/metrics")
 log = get_logger(__name__)
 
 #: KEYS: budget counter, denylist entry. ARGV: window seconds (0: no budget), 1/0: check
@@ -103,7 +102,7 @@ def _budget_scope() -> str | None:
     settings = current_settings()
     if not settings.ratelimit_enabled or request.method == "OPTIONS":
         return None
-    if request.path.startswith(EXEMPT_PREFIXES):
+    if request.path.startswith(OPERATIONAL_PREFIXES):
         return None
     credentials = current_credentials()
     return f"user:{credentials.user_id}" if credentials else f"ip:{request.remote_addr}"

@@ -22,7 +22,6 @@ personal data of a replayable answer in clear.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import redis.exceptions
 from flask import Response, g, request
 
+from myapp.core.bodies import parsed_json
 from myapp.core.config import current_settings
 from myapp.core.context import current_credentials
 from myapp.core.crypto import CryptoError, crypto
@@ -63,10 +63,11 @@ def _caller_scope() -> str:
 
 
 def _fingerprint() -> str:
-    body = request.get_data(cache=True)
-    if request.is_json and body:
-        with contextlib.suppress(ValueError):  # malformed JSON: the raw bytes identify it
-            body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    parsed = parsed_json()  # parsed once by the body step; key order does not count
+    if parsed is None:
+        body = request.get_data(cache=True)
+    else:
+        body = json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
     query = "&".join(sorted(request.query_string.decode(errors="replace").split("&")))
     digest = hashlib.sha256(f"{request.method} {request.path}?{query}\n".encode())
     digest.update(body)

@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 from flask import Response, g, request
 
+from myapp.core.context import OPERATIONAL_PREFIXES
+
 MASK = "***"
 _HANDLER_NAME = "myapp"
 
@@ -193,9 +195,6 @@ def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
-_QUIET_PREFIXES = ("/health", "/metrics")
-
-
 _access = structlog.stdlib.get_logger("myapp.access")
 
 
@@ -206,7 +205,7 @@ def log_access(response: Response) -> Response:
     level so they do not drown the real traffic.
     """
     started = g.get("request_started", time.perf_counter())
-    quiet = request.path.startswith(_QUIET_PREFIXES) and response.status_code < 400
+    quiet = request.path.startswith(OPERATIONAL_PREFIXES) and response.status_code < 400
     (_access.debug if quiet else _access.info)(
         "http.request",
         method=request.method,

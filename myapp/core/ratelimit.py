@@ -46,9 +46,14 @@ def setting(name: str) -> Callable[[], str]:
     return lambda: getattr(current_settings(), name)
 
 
+def storage_errors() -> Counter | None:
+    """The current app's `ratelimit_storage_errors_total` (None outside an app)."""
+    return current_app.extensions.get(_ERRORS) if has_app_context() else None
+
+
 def count_storage_error() -> None:
     """One more request let through because the rate-limit storage failed."""
-    counter: Counter | None = current_app.extensions.get(_ERRORS) if has_app_context() else None
+    counter = storage_errors()
     if counter is not None:
         counter.inc()
 

@@ -34,12 +34,13 @@ def create_redis(url: str, settings: Settings, *, decode_responses: bool = True)
     )
 
 
-def init_redis(app: Flask, settings: Settings) -> None:
-    """Create (not connect) the app's Redis client and the broker's."""
+def init_redis(app: Flask, settings: Settings) -> Redis:
+    """Create (not connect) the app's Redis client and the broker's; the app's."""
     client = create_redis(settings.redis_url, settings)
     app.extensions[_CLIENT] = client
     same_server = settings.broker_url == settings.redis_url
     app.extensions[_BROKER] = client if same_server else create_redis(settings.broker_url, settings)
+    return client
 
 
 def redis_client() -> Redis:

@@ -15,7 +15,6 @@ from myapp.core.errors import AppError
 from myapp.flags import service
 from myapp.flags.schemas import FlagPutSchema, FlagSchema
 
-FLAG_MAP = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Boolean(), required=True)
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 blp = Blueprint("flags", __name__, url_prefix="/v1/feature-flags", description="Feature flags")
 
