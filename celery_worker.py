@@ -1,7 +1,8 @@
 """Celery entry point: `celery -A celery_worker.celery worker|beat`.
 
 With the (default) gevent pool, the standard library is patched before anything else is
-imported, for the same reason as in `wsgi.py`.
+imported, for the same reason as in `wsgi.py`. Workers also run an outbox relay (unless
+`OUTBOX_RELAY_IN_WORKER=false`) and, with `WORKER_METRICS_PORT`, a metrics endpoint.
 """
 
 import os
@@ -13,6 +14,8 @@ if os.environ.get("CELERY_POOL", "gevent") == "gevent":
 
 from myapp import create_app  # noqa: E402 - must come after patching
 from myapp.core.tasks import celery_app  # noqa: E402
+from myapp.core.worker import prepare_worker  # noqa: E402
 
 app = create_app()
 celery = celery_app(app)
+prepare_worker(app)

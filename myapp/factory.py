@@ -24,9 +24,11 @@ from myapp.core.api import SWAGGER_UI_URL, api, serve_swagger_ui_assets
 from myapp.core.config import install_settings
 from myapp.core.crypto import init_crypto
 from myapp.core.db import engine_options
+from myapp.core.deadletters import init_dead_letters
 from myapp.core.errors import register_error_handlers
 from myapp.core.logging import configure_logging, log_access
 from myapp.core.metrics import register_metrics
+from myapp.core.outbox import init_outbox
 from myapp.core.ratelimit import limiter_config, register_ratelimit
 from myapp.core.redis import init_redis
 from myapp.core.tasks import init_celery
@@ -38,6 +40,7 @@ from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.settings import Settings, load_settings
+from myapp.subscriptions import SUBSCRIPTIONS, TASK_MODULES
 from myapp.users import seed as users_seed
 from myapp.users import service as users_service
 from myapp.users.cli import crypto_cli, users_cli
@@ -146,7 +149,10 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
         logger=False,
         engineio_logger=False,
     )
-    init_celery(app, settings)
+    celery = init_celery(app, settings)
+    celery.conf.imports = TASK_MODULES
+    init_dead_letters(app)
+    init_outbox(app, SUBSCRIPTIONS)
     return redis
 
 

@@ -30,6 +30,8 @@ DEFAULT_REDIS_URL = defaults.REDIS_URL
 #: Encryption key ids (`ENCRYPTION_KEYS="kid:base64key,..."`).
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 KEY_BYTES = 32
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 #: Environments where developer conveniences (demo users, the old published keys) are allowed.
 DEV_ENVS = frozenset({"local", "dev", "test"})
@@ -193,6 +195,29 @@ class Settings(BaseSettings):
 
     celery_pool: Literal["gevent", "prefork", "solo", "threads"] = "gevent"
     celery_concurrency: int = Field(50, ge=1)
+    celery_task_soft_time_limit: int = Field(300, ge=1, description="seconds")
+    celery_task_time_limit: int = Field(360, ge=1, description="seconds")
+    celery_max_retries: int = Field(5, ge=0)
+    celery_retry_backoff: float = Field(2.0, gt=0, description="seconds, first retry")
+    celery_retry_backoff_max: int = Field(600, ge=1, description="seconds")
+    # After the two above: its validator compares with them.
+    celery_visibility_timeout: int = Field(3600, ge=2, description="seconds (Redis broker)")
+    celery_task_events: bool = False
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+
+    outbox_relay_in_worker: bool = True
+    outbox_batch_size: int = Field(500, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(1.0, gt=0)
+
+    mail_backend: Literal["log", "file", "smtp"] = "log"
+    mail_from: str = "no-reply@example.com"
+    mail_file_dir: str = "var/mail"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_timeout: float = Field(10.0, gt=0)
 
     jwt_access_token_expires: int = Field(900, ge=60, description="seconds")
     jwt_refresh_token_expires: int = Field(7 * 24 * 3600, ge=300, description="seconds")
@@ -292,11 +317,40 @@ class Settings(BaseSettings):
             raise ValueError("must look like postgresql+psycopg://user@host:5432/dbname")
         return value
 
-    @field_validator("redis_url", "celery_broker_url", "cache_redis_url")
+    @field_validator("redis_url", "cache_redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value is not None and not value.startswith(_REDIS_SCHEMES):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith((*_REDIS_SCHEMES, *_AMQP_SCHEMES)):
+            raise ValueError("must start with redis://, rediss://, unix://, amqp:// or amqps://")
+        return value
+
+    @field_validator("celery_visibility_timeout")
+    @classmethod
+    def _visibility_outlasts_tasks(cls, value: int, info: ValidationInfo) -> int:
+        # On Redis a message comes back when it has been unacknowledged for this long: a
+        # task still running then would run twice, and so would a longer retry countdown.
+        longest = max(
+            info.data.get("celery_task_time_limit", 0),
+            info.data.get("celery_retry_backoff_max", 0),
+        )
+        if value <= longest:
+            raise ValueError(
+                "must be longer than CELERY_TASK_TIME_LIMIT and CELERY_RETRY_BACKOFF_MAX"
+            )
+        return value
+
+    @field_validator("celery_task_time_limit")
+    @classmethod
+    def _hard_after_soft(cls, value: int, info: ValidationInfo) -> int:
+        if value <= info.data.get("celery_task_soft_time_limit", 0):
+            raise ValueError("must be longer than CELERY_TASK_SOFT_TIME_LIMIT")
         return value
 
     @field_validator("cors_origins")
@@ -315,6 +369,11 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The Celery broker URL (defaults to `REDIS_URL`)."""
         return self.celery_broker_url or self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """True when the Celery broker is Redis (else RabbitMQ over AMQP)."""
+        return self.broker_url.startswith(_REDIS_SCHEMES)
 
     @property
     def cache_url(self) -> str:

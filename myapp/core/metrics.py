@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Request
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 from prometheus_flask_exporter import PrometheusMetrics
 
 from myapp.core.config import current_settings
@@ -21,6 +29,8 @@ from myapp.core.security import allow_only_from
 from myapp.settings import ConfigError, Settings
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_REGISTRY = "myapp.metrics_registry"
+_MADE = "myapp.metrics_made"
 
 
 def route(request: Request) -> str:
@@ -63,4 +73,44 @@ def register_metrics(app: Flask, settings: Settings) -> PrometheusMetrics:
     )
     metrics.init_app(app)
     metrics.info("app_info", "Application version", version=settings.app_version)
+    app.extensions[_REGISTRY] = metrics.registry
     return metrics
+
+
+def _registered(app: Flask, kind: type, name: str, *args: Any, **kwargs: Any) -> Any:
+    """One metric object per app and name, in the app's registry (tests build many apps)."""
+    made = app.extensions.setdefault(_MADE, {})
+    if name not in made:
+        made[name] = kind(name, *args, registry=app.extensions[_REGISTRY], **kwargs)
+    return made[name]
+
+
+def app_counter(app: Flask, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+    """A counter of `app` (created once)."""
+    return _registered(app, Counter, name, documentation, labels)
+
+
+def app_histogram(
+    app: Flask,
+    name: str,
+    documentation: str,
+    labels: tuple[str, ...] = (),
+    *,
+    buckets: tuple[float, ...],
+) -> Histogram:
+    """A histogram of `app` (created once)."""
+    return _registered(app, Histogram, name, documentation, labels, buckets=buckets)
+
+
+def app_gauge(app: Flask, name: str, documentation: str) -> Gauge:
+    """A gauge of `app` (created once); with several processes, the most recent value wins."""
+    return _registered(app, Gauge, name, documentation, multiprocess_mode="mostrecent")
+
+
+def serve_worker_metrics(app: Flask, port: int) -> None:
+    """Expose a non-web process's metrics (a Celery worker) on `port`, all interfaces."""
+    registry = app.extensions[_REGISTRY]
+    if os.environ.get(MULTIPROC_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)

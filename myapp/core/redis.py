@@ -38,8 +38,10 @@ def init_redis(app: Flask, settings: Settings) -> Redis:
     """Create (not connect) the app's Redis client and the broker's; the app's."""
     client = create_redis(settings.redis_url, settings)
     app.extensions[_CLIENT] = client
-    same_server = settings.broker_url == settings.redis_url
-    app.extensions[_BROKER] = client if same_server else create_redis(settings.broker_url, settings)
+    if settings.broker_url == settings.redis_url:
+        app.extensions[_BROKER] = client
+    elif settings.broker_is_redis:
+        app.extensions[_BROKER] = create_redis(settings.broker_url, settings)
     return client
 
 
@@ -49,7 +51,7 @@ def redis_client() -> Redis:
 
 
 def broker_redis() -> Redis:
-    """The Celery broker's Redis client."""
+    """The Celery broker's Redis client (KeyError when the broker is RabbitMQ)."""
     return current_app.extensions[_BROKER]
 
 

@@ -1,23 +1,40 @@
-"""Celery wiring: one factory for web and workers, app-context tasks, request-id propagation.
+"""Celery wiring: one factory for web and workers, and the one base task every task uses.
 
-Tasks are declared with `@shared_task` in each domain's `tasks.py`; they run inside an
-application context, with the request id of the request that queued them bound to every
-log line and SQL statement. Delivery is at-least-once (`acks_late`, redelivery when a
-worker dies), so handlers must be idempotent. Periodic jobs are declared in
-`PERIODIC_JOBS` only; beat runs them through RedBeat, whose Redis lock keeps a single
-active scheduler even while two beat pods overlap.
+Tasks are declared with `@shared_task(name=...)` in each domain's `tasks.py`. `BaseTask`
+runs them inside an application context with the request id of the request that queued
+them bound to every log line, retries transient errors (database, Redis, broker, network)
+with exponential backoff, jitter and a cap, enforces soft/hard time limits, and hands a
+task that fails for good to the dead-letter table (`myapp.core.deadletters`).
+
+Delivery is at-least-once (`acks_late`, `reject_on_worker_lost`: a message is
+acknowledged only after its task finished, so a worker that dies mid-task leaves it to be
+delivered again): handlers must be idempotent, keyed by event or job id. Queues and
+routing live in `TASK_ROUTES`; periodic jobs in `PERIODIC_JOBS` (RedBeat runs them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import random
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from celery import Celery, Task, signals
+from celery.exceptions import Retry
 from celery.schedules import crontab, schedule
 from flask import Flask, current_app
-from kombu import Queue
+from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from myapp.core.config import current_settings
 from myapp.core.context import (
     SYSTEM,
     bind_actor,
@@ -26,11 +43,43 @@ from myapp.core.context import (
     current_request_id,
     new_request_id,
 )
+from myapp.core.logging import get_logger
+from myapp.core.metrics import app_counter, app_histogram
+from myapp.core.redis import broker_redis
 from myapp.settings import Settings
 
+log = get_logger(__name__)
+
 QUEUES = ("default", "chat", "low")
+#: The one routing table: task name (a glob) -> queue. Unlisted tasks go to `default`.
+TASK_ROUTES: dict[str, str] = {
+    "chat.*": "chat",
+    "users.send_welcome_email": "low",
+    "maintenance.*": "low",
+}
 _EXTENSION = "myapp.celery"
 REQUEST_ID_HEADER = "request_id"
+#: Set on the first retry: when the task first failed (epoch seconds).
+FIRST_FAILURE_HEADER = "first_failure_at"
+#: Set by `flask dlq replay`: the dead letter this run replays.
+DEAD_LETTER_HEADER = "dead_letter_id"
+
+
+class TransientError(Exception):
+    """Raise from a task for a failure worth retrying (a 5xx from a remote service...)."""
+
+
+#: Errors retried with backoff; anything else fails the task at once (to the dead letters).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TransientError,
+    OperationalError,  # PostgreSQL unreachable, restarted, statement timeout
+    PoolTimeoutError,  # no pooled connection in time
+    RedisConnectionError,
+    RedisTimeoutError,
+    BrokerError,
+    ConnectionError,  # sockets: refused, reset, aborted
+    socket.timeout,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,37 +97,98 @@ PERIODIC_JOBS: list[PeriodicJob] = []
 
 
 def broker_queue_key(prefix: str, queue: str) -> str:
-    """The Redis list holding a queue's pending messages."""
+    """The Redis list holding a queue's pending messages (Redis broker)."""
     return f"{prefix}celery:{queue}"
+
+
+def queue_depths() -> dict[str, int]:
+    """Messages waiting in each queue; raises when the broker does not answer."""
+    settings = current_settings()
+    if settings.broker_is_redis:
+        broker = broker_redis()
+        pipe = broker.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(broker_queue_key(settings.redis_prefix, queue))
+        return dict(zip(QUEUES, pipe.execute(), strict=True))
+    depths: dict[str, int] = {}
+    with celery_app().connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, timeout=settings.redis_connect_timeout)
+        for queue in QUEUES:
+            channel = connection.channel()
+            try:
+                depths[queue] = channel.queue_declare(queue, passive=True).message_count
+            except ChannelError:  # not declared yet: no worker ever consumed it
+                depths[queue] = 0
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return depths
+
+
+def retry_delay(attempt: int, *, base: float, cap: float) -> float:
+    """Seconds before retry number `attempt` (0 = first): exponential, capped, "equal jitter".
+
+    The delay lies in [d/2, d] with d = min(cap, base * 2**attempt): retries of many tasks
+    that failed together spread out, and each delay is at least the previous one.
+    """
+    ceiling = min(cap, base * (2**attempt))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not for secrets
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from ours."""
-    keyprefix = {"global_keyprefix": f"{settings.redis_prefix}celery:"}
+    prefix = f"{settings.redis_prefix}celery:"
+    if settings.broker_is_redis:
+        transport: dict[str, Any] = {
+            "global_keyprefix": prefix,
+            "visibility_timeout": settings.celery_visibility_timeout,
+            # Messages of dead workers come back through `myapp.core.worker`'s sweep.
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_connect_timeout,
+        }
+    else:
+        transport = {"confirm_publish": True}  # a publish returns once RabbitMQ has it
     return {
         "broker_url": settings.broker_url,
-        "result_backend": settings.broker_url,
-        "broker_transport_options": {**keyprefix, "visibility_timeout": 3600},
-        "result_backend_transport_options": keyprefix,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"global_keyprefix": prefix},
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a worker waits for its broker to return
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": "default",
-        "task_queues": [Queue(name) for name in QUEUES],
+        # One direct exchange per queue, bound by the queue's name (Celery would bind all
+        # three to the "default" exchange and key: a publish naming them reaches all).
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ],
+        "task_routes": {pattern: {"queue": queue} for pattern, queue in TASK_ROUTES.items()},
+        "task_soft_time_limit": settings.celery_task_soft_time_limit,
+        "task_time_limit": settings.celery_task_time_limit,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_expires": 86_400,
         "task_ignore_result": True,
+        # Publishing gives up after ~1 s instead of Celery's default of several seconds:
+        # callers (the outbox relay, `flask dlq replay`) keep the work and try again later.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.3,
+            "interval_max": 0.5,
+        },
         # The pool is chosen with `--pool` on the command line (Procfile, entrypoint), where
         # Celery patches early enough; `worker_pool` here would be too late for gevent.
         "worker_concurrency": settings.celery_concurrency,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "redbeat_redis_url": settings.broker_url,
+        # Monitoring events (Flower) cost one extra broker message per task state.
+        "worker_send_task_events": settings.celery_task_events,
+        "task_send_sent_event": settings.celery_task_events,
+        "redbeat_redis_url": settings.redis_url,
         "redbeat_key_prefix": f"{settings.redis_prefix}redbeat:",
         "redbeat_redis_options": {
             "retry_period": 60,
@@ -95,20 +205,131 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class BaseTask(Task):
+    """Every task: app context, request id, retries with backoff, time limits, dead letters.
+
+    `max_retries`, the backoff base and its cap come from settings; a task may set its own
+    as class attributes (`@shared_task(bind=True, max_retries=3)`). `transient_errors`
+    lists what is retried.
+    """
+
+    acks_late = True
+    reject_on_worker_lost = True
+    transient_errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+    retry_backoff_base: float | None = None
+    retry_backoff_cap: float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task in an app context; retry transient errors while attempts remain."""
+        flask_app: Flask = self.app.flask_app
+        with flask_app.app_context():
+            started = time.perf_counter()
+            try:
+                result = super().__call__(*args, **kwargs)
+            except Retry:
+                raise
+            except self.transient_errors as error:
+                self._retry_or_give_up(error)
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                _task_metrics_of(self).runtime.labels(self.name).observe(elapsed)
+            return result
+
+    def _retry_or_give_up(self, error: BaseException) -> None:
+        """Raise `Retry` with a backoff countdown while attempts remain (else return)."""
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return
+        settings = self.app.flask_settings
+        max_retries = (
+            self.max_retries if self.max_retries is not None else settings.celery_max_retries
+        )
+        if request.retries >= max_retries:
+            return
+        countdown = retry_delay(
+            request.retries,
+            base=self.retry_backoff_base or settings.celery_retry_backoff,
+            cap=self.retry_backoff_cap or settings.celery_retry_backoff_max,
+        )
+        headers = dict(request.headers or {})
+        headers.setdefault(FIRST_FAILURE_HEADER, time.time())
+        log.warning(
+            "task.retry",
+            task=self.name,
+            task_id=request.id,
+            attempt=request.retries + 1,
+            countdown_s=round(countdown, 2),
+            error_type=type(error).__name__,
+        )
+        _task_metrics_of(self).outcomes.labels(self.name, "retried").inc()
+        raise self.retry(exc=error, countdown=countdown, max_retries=max_retries, headers=headers)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Failed for good (not retryable, or out of retries): one dead-letter row."""
+        _task_metrics_of(self).outcomes.labels(self.name, "failed").inc()
+        hook: Callable[..., None] | None = self.app.flask_app.extensions.get(DEAD_LETTER_HOOK)
+        if hook is None:
+            return
+        with self.app.flask_app.app_context():
+            hook(
+                task=self, error=exc, args=list(args or ()), kwargs=dict(kwargs or {}), einfo=einfo
+            )
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Count it; a successful replay of a dead letter marks that letter resolved."""
+        _task_metrics_of(self).outcomes.labels(self.name, "succeeded").inc()
+        dead_letter_id = (self.request.headers or {}).get(DEAD_LETTER_HEADER) or getattr(
+            self.request, DEAD_LETTER_HEADER, None
+        )
+        hook = self.app.flask_app.extensions.get(REPLAY_SUCCEEDED_HOOK)
+        if dead_letter_id and hook is not None:
+            with self.app.flask_app.app_context():
+                hook(dead_letter_id=dead_letter_id)
+
+
+#: `app.extensions` keys where `myapp.core.deadletters` plugs in (core modules stay acyclic).
+DEAD_LETTER_HOOK = "myapp.dead_letter_hook"
+REPLAY_SUCCEEDED_HOOK = "myapp.replay_succeeded_hook"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMetrics:
+    """What workers export about tasks."""
+
+    outcomes: Any
+    runtime: Any
+
+
+def _task_metrics_of(task: Task) -> TaskMetrics:
+    return task.app.flask_app.extensions[_METRICS]
+
+
+_METRICS = "myapp.task_metrics"
+
+
 def init_celery(app: Flask, settings: Settings) -> Celery:
     """Create the Celery app bound to `app` (read it back with `celery_app()`)."""
-
-    class AppContextTask(Task):
-        """Runs every task inside the Flask application context."""
-
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            with app.app_context():
-                return super().__call__(*args, **kwargs)
-
-    celery = Celery(app.import_name, task_cls=AppContextTask)
+    celery = Celery(app.import_name, task_cls=BaseTask)
     celery.conf.update(celery_config(settings))
+    celery.flask_app = app
+    celery.flask_settings = settings
     celery.set_default()
     app.extensions[_EXTENSION] = celery
+    app.extensions[_METRICS] = TaskMetrics(
+        outcomes=app_counter(
+            app, "celery_tasks_total", "Task runs by outcome", ("task", "outcome")
+        ),
+        runtime=app_histogram(
+            app,
+            "celery_task_runtime_seconds",
+            "Task run time",
+            ("task",),
+            buckets=(0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 300),
+        ),
+    )
     _connect_signals()
     return celery
 

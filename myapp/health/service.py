@@ -10,10 +10,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from myapp.core.config import current_settings
 from myapp.core.errors import UNAVAILABLE_ERRORS
-from myapp.core.redis import broker_redis, redis_client
-from myapp.core.tasks import QUEUES, broker_queue_key
+from myapp.core.redis import redis_client
+from myapp.core.tasks import queue_depths
 from myapp.extensions import db
 
 _draining = threading.Event()
@@ -63,13 +62,7 @@ def _ping_redis() -> None:
 
 
 def _queue_depth() -> dict[str, int]:
-    broker = broker_redis()
-    broker.ping()
-    prefix = current_settings().redis_prefix
-    pipe = broker.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(broker_queue_key(prefix, queue))
-    return {"depth": sum(pipe.execute())}
+    return {"depth": sum(queue_depths().values())}
 
 
 def check_all() -> dict[str, Check]:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
 from myapp.audit import service as audit
-from myapp.core import passwords
+from myapp.core import events, passwords
 from myapp.core import permissions as perms
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
@@ -77,6 +77,16 @@ def _audit_user(
 ) -> None:
     audit.record(
         action=action, target_type="user", target_id=user.id, before=before, after=snapshot(user)
+    )
+
+
+def _emit(name: str, user: User, **payload: Any) -> None:
+    """Record a `user.*` event with the change (ids and field names only, no personal data)."""
+    events.emit(
+        name,
+        aggregate_type="user",
+        aggregate_id=user.id,
+        payload={"userId": str(user.id), **payload},
     )
 
 
@@ -203,6 +213,7 @@ def _add_user(*, email: str, password: str, name: str, phone: str | None, roles:
     except IntegrityError:
         raise AppError("CONFLICT", "This e-mail address is already registered.") from None
     _audit_user(audit.AuditAction.CREATE, user)
+    _emit("user.registered", user, roles=user.role_names)
     return user
 
 
@@ -256,6 +267,7 @@ def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) ->
             _revoke_tokens(user)
         db.session.flush()
         _audit_user(audit.AuditAction.UPDATE, user, before)
+        _emit("user.updated", user, fields=sorted(changes))
         return user
 
 
@@ -275,6 +287,7 @@ def delete_user(*, user_id: uuid.UUID, actor: Actor) -> None:
         user.soft_delete()
         _revoke_tokens(user)
         _audit_user(audit.AuditAction.DELETE, user, before)
+        _emit("user.deleted", user)
 
 
 def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
@@ -286,6 +299,7 @@ def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
         before = snapshot(user)
         user.restore()
         _audit_user(audit.AuditAction.RESTORE, user, before)
+        _emit("user.restored", user)
         return user
 
 
@@ -305,4 +319,5 @@ def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:
             before={"roles": before["roles"]},
             after={"roles": user.role_names},
         )
+        _emit("user.roles_changed", user, roles=user.role_names)
         return user

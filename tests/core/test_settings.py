@@ -72,6 +72,20 @@ def test_every_problem_is_listed_at_once(monkeypatch):
     assert "short" not in message and "http://nope" not in message
 
 
+def test_broker_limits_must_fit_inside_the_visibility_timeout(monkeypatch):
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@rabbit:5672/app")
+    assert load_settings(_env_file=None).broker_is_redis is False  # RabbitMQ is accepted
+    monkeypatch.setenv("CELERY_TASK_TIME_LIMIT", "900")
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "600")  # a task would run twice
+    monkeypatch.setenv("CELERY_TASK_SOFT_TIME_LIMIT", "1000")
+    monkeypatch.setenv("CELERY_BROKER_URL", "http://nope")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    for name in ("CELERY_VISIBILITY_TIMEOUT", "CELERY_TASK_TIME_LIMIT", "CELERY_BROKER_URL"):
+        assert f"- {name}:" in message
+
+
 def test_dev_profiles_accept_the_built_in_dev_secret(monkeypatch):
     for env in ("local", "dev", "test"):
         monkeypatch.setenv("APP_ENV", env)

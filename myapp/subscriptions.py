@@ -1,0 +1,20 @@
+"""Who reacts to which domain event: the one list (event name -> subscriber task names).
+
+The outbox relay sends each event to every task listed for its name, on the queue
+`myapp.core.tasks.TASK_ROUTES` gives that task. A subscriber takes one keyword argument,
+`event` (see `myapp.core.events.Event`), and dedupes with `handle_once`. Events without
+subscribers are still recorded and marked sent (a new subscriber only sees new events).
+"""
+
+from __future__ import annotations
+
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "user.registered": ("users.send_welcome_email",),
+    "user.updated": (),
+    "user.deleted": (),
+    "user.restored": (),
+    "user.roles_changed": (),
+}
+
+#: Modules that declare the subscriber tasks above (imported by the worker).
+TASK_MODULES = ("myapp.users.tasks",)

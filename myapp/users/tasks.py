@@ -1,0 +1,34 @@
+"""Users' background work: subscribers to `user.*` events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import shared_task
+
+from myapp.core.events import Event, handle_once
+from myapp.core.logging import get_logger
+from myapp.core.mail import send_mail
+from myapp.users import service
+
+log = get_logger(__name__)
+WELCOME_SUBJECT = "Welcome"
+
+
+@shared_task(name="users.send_welcome_email")
+def send_welcome_email(event: dict[str, Any]) -> None:
+    """`user.registered` -> one welcome e-mail (none for an account already gone)."""
+    received = Event.from_message(event)
+    with handle_once("users.send_welcome_email", received.id) as first:
+        if not first:
+            return
+        user = service.get_active(user_id=uuid.UUID(received.payload["userId"]))
+        if user is None:
+            log.info("users.welcome_skipped", user_id=received.aggregate_id)
+            return
+        send_mail(
+            to=user.email,
+            subject=WELCOME_SUBJECT,
+            body=f"Hello {user.name},\n\nYour account is ready.\n",
+        )
