@@ -26,10 +26,8 @@ ptrace rights).
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -41,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._report import report_logger
-from bench._setup import access_token, server_env
+from bench._setup import access_token, prod_secrets, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.hot_path")
@@ -94,18 +92,11 @@ def wrk(url: str, token: str, seconds: float, connections: int) -> WrkResult:
 
 def prod_env(workdir: Path) -> dict[str, str]:
     """The production profile with throwaway secrets (never placeholders: prod refuses them)."""
-
-    def key() -> str:
-        return base64.b64encode(secrets.token_bytes(32)).decode()
-
     return server_env(
         "hot-path",
         APP_ENV="prod",
         LOG_LEVEL="INFO",
-        SECRET_KEY=secrets.token_urlsafe(48),
-        JWT_SECRET_KEY=secrets.token_urlsafe(48),
-        ENCRYPTION_KEYS=f"bench:{key()}",
-        BLIND_INDEX_KEY=key(),
+        **prod_secrets(),
         JWT_ACCESS_TOKEN_EXPIRES="3600",  # noqa: S106 - a lifetime, not a secret
         RATELIMIT_DEFAULT="1000000000/minute",
         PROMETHEUS_MULTIPROC_DIR=str(workdir / "prometheus-project"),

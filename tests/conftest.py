@@ -12,10 +12,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -261,6 +265,40 @@ def logs(app: Flask) -> Iterator[LogCapture]:
         yield LogCapture(stream)
     finally:
         root.removeHandler(handler)
+
+
+# --- Brokers: the machine's Redis (this run's key prefix) and RabbitMQ (a vhost per test) ---
+RABBITMQ = ("127.0.0.1", 5672)
+_vhosts = itertools.count()
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def _rabbitmq_answers() -> bool:
+    try:
+        socket.create_connection(RABBITMQ, timeout=1).close()
+    except OSError:
+        return False
+    return shutil.which("rabbitmqctl") is not None
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request) -> Iterator[str]:
+    """The machine's Redis (this run's key prefix) or RabbitMQ (a fresh vhost)."""
+    if request.param == "redis":
+        yield redis_test_url()
+        return
+    if not _rabbitmq_answers():
+        pytest.skip("RabbitMQ (with rabbitmqctl) is not on this machine")
+    vhost = f"myapp-test-{RUN_ID}-{next(_vhosts)}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 PASSWORD = "correct-horse-battery-staple"

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 import psycopg
 import redis.exceptions
 import sqlalchemy.exc
@@ -85,6 +86,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,  # the broker (RabbitMQ or Redis) does not answer
 )
 
 

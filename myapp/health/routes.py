@@ -34,11 +34,11 @@ class Ready(MethodView):
     @blp.response(200, LiveSchema, envelope=False)
     @blp.alt_response(503, schema=LiveSchema, description="A dependency is down or draining")
     def get(self) -> tuple[dict[str, str], int]:
-        """Ready for traffic: PostgreSQL, Redis and the broker answer and no shutdown began."""
+        """Ready for traffic: PostgreSQL and Redis answer and no shutdown began (a broker
+        outage shows in `/health`, not here: events wait in the outbox meanwhile)."""
         if service.is_draining():
             return {"status": "draining"}, 503
-        checks = service.check_all()
-        ready = all(check.up for check in checks.values())
+        ready = service.is_ready(service.check_all())
         return ({"status": "ok"}, 200) if ready else ({"status": "unavailable"}, 503)
 
 

@@ -65,6 +65,16 @@ def _queue_depth() -> dict[str, int]:
     return {"depth": sum(queue_depths().values())}
 
 
+#: What a web pod needs to serve. Not the broker: writes keep succeeding without it (their
+#: events wait in the outbox), so a broker outage must not take every pod out of rotation.
+READINESS = ("database", "redis")
+
+
+def is_ready(checks: dict[str, Check]) -> bool:
+    """Everything a web pod needs answered."""
+    return all(checks[name].up for name in READINESS)
+
+
 def check_all() -> dict[str, Check]:
     """Check PostgreSQL, Redis and the Celery broker."""
     return {

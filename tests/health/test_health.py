@@ -76,3 +76,24 @@ def test_draining_fails_readiness_but_not_liveness(client):
         assert client.get("/health/live").status_code == 200
     finally:
         service._draining.clear()
+
+
+def test_a_broker_outage_degrades_health_but_leaves_the_pod_ready(make_app):
+    client = make_app(celery_broker_url="redis://127.0.0.1:1/0").test_client()
+    assert client.get("/health/ready").status_code == 200  # writes still work (outbox)
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 503 and body["status"] == "degraded"
+    assert body["checks"]["queue"]["status"] == "down"
+
+
+def test_queue_depth_on_rabbitmq(make_app, broker_url):
+    if not broker_url.startswith("amqp"):
+        pytest.skip("the Redis broker is covered above")
+    app = make_app(celery_broker_url=broker_url)
+    celery = celery_app(app)
+    for _ in range(2):
+        celery.send_task("myapp.nothing", queue="chat")
+    body = app.test_client().get("/health").get_json()
+    queue = body["checks"]["queue"]
+    assert (queue["status"], queue["depth"]) == ("up", 2)
