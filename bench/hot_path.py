@@ -33,11 +33,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._profile import py_spy, top_frames
 from bench._report import report_logger
 from bench._setup import access_token, prod_secrets, server_env
 from tests.support.servers import gunicorn
@@ -101,33 +101,6 @@ def prod_env(workdir: Path) -> dict[str, str]:
         RATELIMIT_DEFAULT="1000000000/minute",
         PROMETHEUS_MULTIPROC_DIR=str(workdir / "prometheus-project"),
     )
-
-
-def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
-    """Start recording the gunicorn master and its workers as collapsed stacks."""
-    return subprocess.Popen(
-        [
-            *(str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses"),
-            *("--nonblocking", "--format", "raw", "--pid", str(pid)),
-            *("--duration", str(int(seconds)), "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def top_frames(collapsed: Path, count: int = 30) -> list[tuple[float, str]]:
-    """(share of samples, frame) for the frames present in the most samples."""
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        if not samples.isdigit():
-            continue
-        total += int(samples)
-        for frame in set(stack.split(";")):
-            inclusive[frame] += int(samples)
-    return [(n / total, frame) for frame, n in inclusive.most_common(count)] if total else []
 
 
 def summary(name: str, runs: list[WrkResult]) -> tuple[float, float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import traceback
 import uuid
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from myapp.core.context import current_request_id
 from myapp.core.crypto import crypto, row_aad
 from myapp.core.db import Model, new_id, unit_of_work
-from myapp.core.logging import get_logger, scrub_text
+from myapp.core.logging import get_logger, mask_arguments, scrub_text
 from myapp.core.metrics import app_counter
 from myapp.core.tasks import (
     DEAD_LETTER_HEADER,
@@ -44,7 +43,6 @@ from myapp.extensions import db
 
 log = get_logger(__name__)
 _COUNTER = "myapp.dead_letters_counter"
-_ID_LIKE = re.compile(r"^[0-9A-Za-z-]{20,40}$")  # UUIDs and ULIDs stay readable
 DEAD, REPLAYING, RESOLVED = "dead", "replaying", "resolved"
 
 
@@ -77,17 +75,6 @@ class DeadLetter(Model):
         """The original `{args, kwargs}` (decrypted)."""
         aad = row_aad(self.__tablename__, "arguments", self.id)
         return json.loads(crypto().ring.decrypt(self.arguments_ciphertext, aad=aad))
-
-
-def mask(value: Any) -> Any:
-    """A shape-preserving masked copy: ids, numbers and booleans kept, other text hidden."""
-    if isinstance(value, dict):
-        return {str(key): mask(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [mask(item) for item in value]
-    if isinstance(value, str):
-        return value if _ID_LIKE.fullmatch(value) else f"***({len(value)})"
-    return value
 
 
 def _frames(einfo: Any, error: BaseException) -> str:
@@ -130,7 +117,7 @@ def record_failure(
                 id=new_id(),
                 task_id=task.request.id,
                 task_name=task.name,
-                arguments_masked=mask({"args": args, "kwargs": kwargs}),
+                arguments_masked=mask_arguments({"args": args, "kwargs": kwargs}),
                 request_id=headers.get(REQUEST_ID_HEADER) or current_request_id(),
                 attempts=attempts,
                 first_failed_at=_first_failure(task, now),
@@ -185,22 +172,31 @@ def get_letter(letter_id: uuid.UUID) -> DeadLetter | None:
 def replay(letter: DeadLetter) -> str:
     """Send the task again with its original arguments; returns the new task id.
 
-    Raises the broker's error when it cannot be reached (the letter stays `dead`).
+    The letter is marked `replaying` before the message leaves (the run may finish, and
+    mark it `resolved`, before this call returns). Raises the broker's error when it
+    cannot be reached; the letter is then `dead` again.
     """
     arguments = letter.arguments()
-    result = celery_app().send_task(
-        letter.task_name,
-        args=arguments["args"],
-        kwargs=arguments["kwargs"],
-        headers={REQUEST_ID_HEADER: letter.request_id, DEAD_LETTER_HEADER: str(letter.id)},
-    )
+    task_id = str(uuid.uuid4())
     with unit_of_work():
         letter.status = REPLAYING
         letter.replays += 1
         letter.replayed_at = datetime.now(UTC)
-        letter.replay_task_id = result.id
+        letter.replay_task_id = task_id
+    try:
+        celery_app().send_task(
+            letter.task_name,
+            args=arguments["args"],
+            kwargs=arguments["kwargs"],
+            task_id=task_id,
+            headers={REQUEST_ID_HEADER: letter.request_id, DEAD_LETTER_HEADER: str(letter.id)},
+        )
+    except Exception:
+        with unit_of_work():
+            letter.status = DEAD
+        raise
     log.info("task.replayed", dead_letter_id=str(letter.id), task=letter.task_name)
-    return result.id
+    return task_id
 
 
 def purge(*, before: datetime) -> int:

@@ -122,6 +122,21 @@ def mask_value(key: str, value: Any) -> Any:
     return scrub_text(text)
 
 
+_ID_LIKE = re.compile(r"^[0-9A-Za-z-]{20,40}$")  # UUIDs and ULIDs stay readable
+
+
+def mask_arguments(value: Any) -> Any:
+    """Task arguments with their shape kept: ids, numbers and booleans readable, other text
+    replaced by `***(length)`. For logs, message headers and dead letters."""
+    if isinstance(value, Mapping):
+        return {str(key): mask_arguments(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_arguments(item) for item in value]
+    if isinstance(value, str):
+        return value if _ID_LIKE.fullmatch(value) else f"***({len(value)})"
+    return value
+
+
 def mask_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: mask every field of the event."""
     return {key: mask_value(key, value) for key, value in event_dict.items()}

@@ -31,6 +31,7 @@ from typing import Any
 
 import psycopg
 from flask import Flask, current_app
+from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import BigInteger, DateTime, Identity, Index, String, func, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -109,7 +110,8 @@ _CLAIM = text(
     """
 )
 
-_MARK_SENT = text("UPDATE outbox SET sent_at = now() WHERE id = ANY(:ids)")
+# clock_timestamp(): when the batch was published, not when its transaction began.
+_MARK_SENT = text("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY(:ids)")
 
 _STATUS = text(
     """
@@ -171,14 +173,17 @@ def relay_batch(limit: int) -> int:
     """
     config: OutboxConfig = current_app.extensions[_EXTENSION]
     celery = celery_app()
-    sent: list[int] = []
+    sent: list[int] = []  # ids published
     failure: BaseException | None = None
     with unit_of_work():
         rows = db.session.execute(_CLAIM, {"limit": limit}).all()
         if not rows:
             return 0
         try:
-            with celery.producer_or_acquire() as producer:
+            # On Redis the whole batch goes out in one pipeline (kombu's producer batch);
+            # on RabbitMQ each publish is confirmed as it goes. If the flush fails, none
+            # is marked sent: all are published again (subscribers dedupe).
+            with celery.producer_or_acquire() as producer, producer.batch(max_size=10_000):
                 for row in rows:
                     body = {"event": message(row)}
                     for task_name in config.subscriptions.get(row.name, ()):
@@ -187,10 +192,12 @@ def relay_batch(limit: int) -> int:
                             kwargs=body,
                             task_id=f"{row.event_id}:{task_name}",
                             headers={REQUEST_ID_HEADER: row.request_id},
+                            argsrepr="()",  # replaced by the masked form at publish
+                            kwargsrepr="{}",
                             producer=producer,
                         )
-                    sent.append(row.id)
-        except (BrokerError, OSError) as error:
+            sent = [row.id for row in rows]
+        except (BrokerError, BatchPublishError, OSError) as error:
             failure = error
         if sent:
             db.session.execute(_MARK_SENT, {"ids": sent})
@@ -257,7 +264,7 @@ class Relay:
                     if published < self.batch_size:
                         backlog()
                 backoff = 0.0
-            except (BrokerError, OSError, DBAPIError) as error:
+            except (BrokerError, BatchPublishError, OSError, DBAPIError) as error:
                 backoff = min(5.0, backoff * 2 or 0.25)
                 log.warning(
                     "outbox.relay_failed", error_type=type(error).__name__, retry_in_s=backoff

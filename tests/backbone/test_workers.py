@@ -128,6 +128,8 @@ def test_a_task_that_keeps_failing_backs_off_lands_in_dead_letters_and_replays(
         )
         assert dead_line["request_id"] == "dlq-req-1"
         assert dead_line["dead_letter_id"] == str(letter_id)
+        # Celery's own lines ("Task ... received") show the arguments masked.
+        assert "***(15)" in worker.output() and "ann@example.com" not in worker.output()
 
         runner = app.test_cli_runner()
         shown = runner.invoke(args=["dlq", "show", str(letter_id)])

@@ -1,0 +1,75 @@
+"""`flask dlq` and `flask outbox` against real PostgreSQL (rows in the test transaction)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from myapp.core import events
+from myapp.core.crypto import crypto, row_aad
+from myapp.core.db import new_id, unit_of_work
+from myapp.core.deadletters import DEAD, DeadLetter
+
+
+def dead_letter(app, db_session, *, failed_days_ago: int = 0) -> uuid.UUID:
+    with app.app_context(), unit_of_work():  # commits into the test's transaction
+        when = datetime.now(UTC) - timedelta(days=failed_days_ago)
+        letter_id = new_id()
+        letter = DeadLetter(
+            id=letter_id,
+            task_id="t-1",
+            task_name="tests.flaky",
+            arguments_masked={"args": ["***(5)"], "kwargs": {}},
+            error_type="myapp.core.tasks.TransientError",
+            error_message="the remote service answered 503",
+            traceback_digest="0123456789abcdef",
+            traceback_frames="tasks.py:flaky",
+            request_id="req-9",
+            attempts=6,
+            first_failed_at=when,
+            last_failed_at=when,
+            status=DEAD,
+            replays=0,
+        )
+        aad = row_aad("dead_letters", "arguments", letter_id)
+        plain = json.dumps({"args": ["alice"], "kwargs": {}})
+        letter.arguments_ciphertext = crypto().ring.encrypt(plain, aad=aad)
+        db_session.add(letter)
+    return letter_id
+
+
+def test_replay_with_the_broker_down_says_so_and_leaves_the_letter_dead(make_app, db_session):
+    app = make_app(celery_broker_url="redis://127.0.0.1:1/0")
+    letter_id = dead_letter(app, db_session)
+    with app.app_context():  # the CLI runs in the current app: this one, whose broker is down
+        result = app.test_cli_runner().invoke(args=["dlq", "replay", str(letter_id)])
+    assert result.exit_code == 1 and "broker unavailable" in result.output
+    letter = db_session.get(DeadLetter, letter_id)
+    assert (letter.status, letter.replays) == ("dead", 1)
+
+
+def test_list_show_and_purge(app, db_session):
+    recent, old = dead_letter(app, db_session), dead_letter(app, db_session, failed_days_ago=40)
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["dlq", "list"]).output.splitlines()
+    assert [line.split()[0] for line in listed] == [str(recent), str(old)]
+    shown = json.loads(runner.invoke(args=["dlq", "show", str(recent)]).output)
+    assert shown["arguments_masked"] == {"args": ["***(5)"], "kwargs": {}}
+    assert "alice" not in json.dumps(shown)
+    assert runner.invoke(args=["dlq", "purge", "--before", "30d"]).output.strip() == (
+        "purged 1 dead letters"
+    )
+    remaining = db_session.scalars(select(DeadLetter.id)).all()
+    assert remaining == [recent]
+    assert runner.invoke(args=["dlq", "purge", "--before", "yesterday"]).exit_code == 2
+
+
+def test_outbox_status_counts_what_waits(app, db_session):
+    with app.app_context(), unit_of_work():
+        for n in range(3):
+            events.emit("test.ping", aggregate_type="status", aggregate_id=n, payload={})
+    output = app.test_cli_runner().invoke(args=["outbox", "status"]).output
+    assert output.startswith("backlog=3 oldest_age_s=")
