@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -34,6 +34,7 @@ from sqlalchemy import make_url
 from myapp import create_app
 from myapp.core.config import current_settings
 from myapp.core.redis import redis_client
+from myapp.core.tasks import QUEUES
 from myapp.devservices.secrets import generate as generate_local_secrets
 from myapp.extensions import db, limiter
 from myapp.flags import service as flags_service
@@ -269,7 +270,6 @@ def logs(app: Flask) -> Iterator[LogCapture]:
 
 # --- Brokers: the machine's Redis (this run's key prefix) and RabbitMQ (a vhost per test) ---
 RABBITMQ = ("127.0.0.1", 5672)
-_vhosts = itertools.count()
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -284,21 +284,48 @@ def _rabbitmq_answers() -> bool:
     return shutil.which("rabbitmqctl") is not None
 
 
-@pytest.fixture(params=["redis", "amqp"])
-def broker_url(request) -> Iterator[str]:
-    """The machine's Redis (this run's key prefix) or RabbitMQ (a fresh vhost)."""
-    if request.param == "redis":
-        yield redis_test_url()
-        return
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A vhost of this run on the machine's RabbitMQ (created once, deleted at the end)."""
     if not _rabbitmq_answers():
         pytest.skip("RabbitMQ (with rabbitmqctl) is not on this machine")
-    vhost = f"myapp-test-{RUN_ID}-{next(_vhosts)}"
+    vhost = f"myapp-test-{RUN_ID}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     try:
         yield f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}/{vhost}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+def _purge_amqp_queues(url: str) -> None:
+    """Empty our queues, so a test never meets a message another one left behind."""
+    from kombu import Connection
+
+    with Connection(url) as connection:
+        for queue in QUEUES:
+            channel = connection.channel()
+            # A queue not declared yet has nothing to purge (and closes the channel).
+            with contextlib.suppress(Exception):
+                channel.queue_purge(queue)
+            with contextlib.suppress(Exception):
+                channel.close()
+
+
+def broker_of_kind(request: pytest.FixtureRequest, kind: str) -> str:
+    """The machine's Redis (this run's key prefix, cleared before each test) or RabbitMQ
+    (this run's vhost, its queues purged now) as a broker URL."""
+    if kind == "redis":
+        return redis_test_url()
+    url = request.getfixturevalue("rabbitmq_url")
+    _purge_amqp_queues(url)
+    return url
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request) -> str:
+    """Each broker in turn: the test runs once on Redis and once on RabbitMQ."""
+    return broker_of_kind(request, request.param)
 
 
 PASSWORD = "correct-horse-battery-staple"
