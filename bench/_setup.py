@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import secrets
 import urllib.request
 
 from sqlalchemy import make_url
@@ -71,14 +69,5 @@ def access_token(base: str) -> str:
 
 
 def prod_secrets() -> dict[str, str]:
-    """Throwaway secrets for the production profile (which refuses placeholders)."""
-
-    def key() -> str:
-        return base64.b64encode(secrets.token_bytes(32)).decode()
-
-    return {
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
-        "ENCRYPTION_KEYS": f"bench:{key()}",
-        "BLIND_INDEX_KEY": key(),
-    }
+    """Fresh random secrets for the production profile (which refuses placeholders)."""
+    return generate_local_secrets()
