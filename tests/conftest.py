@@ -34,7 +34,7 @@ from sqlalchemy import make_url
 from myapp import create_app
 from myapp.core.config import current_settings
 from myapp.core.redis import redis_client
-from myapp.core.tasks import QUEUES
+from myapp.core.tasks import QUEUES, celery_app
 from myapp.devservices.secrets import generate as generate_local_secrets
 from myapp.extensions import db, limiter
 from myapp.flags import service as flags_service
@@ -166,7 +166,7 @@ def app(database_url: str) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def make_app(database_url: str) -> Callable[..., Flask]:
+def make_app(app: Flask, database_url: str) -> Callable[..., Flask]:
     """Build another app with some settings changed (`make_app(app_env="prod", ...)`)."""
     created: list[Flask] = []
     # flask-limiter is one object per process; init_app on another app re-points its
@@ -184,6 +184,10 @@ def make_app(database_url: str) -> Callable[..., Flask]:
             db.engine.dispose()
     limiter.__dict__.clear()
     limiter.__dict__.update(limiter_state)
+    # Each new Celery app becomes the current and default one (what `@shared_task`
+    # proxies resolve to): give that back to the session app, whose broker outlives this test.
+    celery_app(app).set_current()
+    celery_app(app).set_default()
 
 
 def clear_redis_prefix(client: Any, prefix: str) -> None:

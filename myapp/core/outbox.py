@@ -271,6 +271,11 @@ class Relay:
                 )
                 self._stopping.wait(backoff)
                 continue
+            except Exception:  # a bug must not end the loop silently: log it, go on slower
+                log.exception("outbox.relay_error")
+                backoff = 5.0
+                self._stopping.wait(backoff)
+                continue
             if published < self.batch_size:
                 self._wait_for_notify()
         self._close_listener()

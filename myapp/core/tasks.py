@@ -273,9 +273,18 @@ class BaseTask(Task):
         hook: Callable[..., None] | None = self.app.flask_app.extensions.get(DEAD_LETTER_HOOK)
         if hook is None:
             return
-        with self.app.flask_app.app_context():
-            hook(
-                task=self, error=exc, args=list(args or ()), kwargs=dict(kwargs or {}), einfo=einfo
+        arguments = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
+        try:
+            with self.app.flask_app.app_context():
+                hook(task=self, error=exc, einfo=einfo, **arguments)
+        except Exception as error:  # noqa: BLE001 - the database may be what failed
+            # Not lost without a trace: this line names the task; its arguments stay out.
+            log.error(
+                "task.dead_letter_unrecorded",
+                task=self.name,
+                task_id=task_id,
+                error_type=type(exc).__name__,
+                recording_error=type(error).__name__,
             )
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

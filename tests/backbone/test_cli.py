@@ -1,4 +1,5 @@
-"""`flask dlq` and `flask outbox` against real PostgreSQL (rows in the test transaction)."""
+"""`flask dlq` and `flask outbox` against real PostgreSQL (rows in the test transaction), and
+a dead letter whose database is down."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from myapp.core import events
 from myapp.core.crypto import crypto, row_aad
 from myapp.core.db import new_id, unit_of_work
 from myapp.core.deadletters import DEAD, DeadLetter
+from myapp.core.tasks import TransientError, celery_app
+from tests.support import tasks  # noqa: F401 - registers the test tasks
 
 
 def dead_letter(app, db_session, *, failed_days_ago: int = 0) -> uuid.UUID:
@@ -73,3 +76,16 @@ def test_outbox_status_counts_what_waits(app, db_session):
             events.emit("test.ping", aggregate_type="status", aggregate_id=n, payload={})
     output = app.test_cli_runner().invoke(args=["outbox", "status"]).output
     assert output.startswith("backlog=3 oldest_age_s=")
+
+
+def test_a_dead_letter_that_cannot_be_written_is_still_logged_without_its_arguments(make_app, logs):
+    app = make_app(database_url="postgresql+psycopg://postgres@127.0.0.1:1/gone")
+    task = celery_app(app).tasks["tests.flaky"]  # bound to this app, whose database is down
+    task.on_failure(TransientError("503"), "task-7", ["k", "ann@example.com"], {}, None)
+    [line] = [r for r in logs.records() if r["event"] == "task.dead_letter_unrecorded"]
+    assert (line["task"], line["task_id"], line["recording_error"]) == (
+        "tests.flaky",
+        "task-7",
+        "OperationalError",
+    )
+    assert "ann@" not in logs.text
