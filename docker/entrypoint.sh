@@ -55,7 +55,7 @@ case "$role" in
     beat)
         ensure_metrics_dir
         exec celery -A "$CELERY_APP" beat \
-            -S redbeat.RedBeatScheduler \
+            -S myapp.core.beat:Scheduler \
             --loglevel="${CELERY_LOG_LEVEL:-INFO}" \
             "$@"
         ;;

@@ -39,6 +39,7 @@ from myapp.flags.cli import flags_cli
 from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
 from myapp.meta.routes import blp as meta_blp
+from myapp.schedule import PERIODIC_JOBS
 from myapp.settings import Settings, load_settings
 from myapp.subscriptions import SUBSCRIPTIONS, TASK_MODULES
 from myapp.users import seed as users_seed
@@ -149,7 +150,7 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
         logger=False,
         engineio_logger=False,
     )
-    celery = init_celery(app, settings)
+    celery = init_celery(app, settings, PERIODIC_JOBS)
     celery.conf.imports = TASK_MODULES
     init_dead_letters(app)
     init_outbox(app, SUBSCRIPTIONS)

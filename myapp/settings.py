@@ -241,6 +241,7 @@ class Settings(BaseSettings):
 
     admin_email: str | None = None
     admin_password: SecretStr | None = None
+    users_purge_after_days: int = Field(30, ge=1)
 
     @_model_validator(mode="before")
     @classmethod

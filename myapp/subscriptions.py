@@ -14,6 +14,7 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "user.deleted": (),
     "user.restored": (),
     "user.roles_changed": (),
+    "user.purged": (),
 }
 
 #: Modules that declare the subscriber tasks above (imported by the worker).

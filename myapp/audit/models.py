@@ -21,6 +21,7 @@ class AuditAction(StrEnum):
     UPDATE = "UPDATE"
     DELETE = "DELETE"
     RESTORE = "RESTORE"
+    PURGE = "PURGE"
     LOGIN = "LOGIN"
     LOGIN_FAILED = "LOGIN_FAILED"
     LOGOUT = "LOGOUT"

@@ -45,7 +45,7 @@ from myapp.core.context import (
 )
 from myapp.core.logging import get_logger, mask_arguments
 from myapp.core.metrics import app_counter, app_histogram
-from myapp.core.redis import broker_redis
+from myapp.core.redis import broker_redis, redis_client, redis_key
 from myapp.settings import Settings
 
 log = get_logger(__name__)
@@ -63,6 +63,8 @@ REQUEST_ID_HEADER = "request_id"
 FIRST_FAILURE_HEADER = "first_failure_at"
 #: Set by `flask dlq replay`: the dead letter this run replays.
 DEAD_LETTER_HEADER = "dead_letter_id"
+#: Set by beat (`myapp.core.beat`): which tick of which job this message runs.
+TICK_HEADER = "tick_id"
 
 
 class TransientError(Exception):
@@ -90,10 +92,6 @@ class PeriodicJob:
     task: str
     schedule: schedule | crontab | float
     queue: str = "low"
-
-
-#: Every periodic job of the application, in one list (domains add theirs here).
-PERIODIC_JOBS: list[PeriodicJob] = []
 
 
 def broker_queue_key(prefix: str, queue: str) -> str:
@@ -135,8 +133,8 @@ def retry_delay(attempt: int, *, base: float, cap: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not for secrets
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings derived from ours."""
+def celery_config(settings: Settings, jobs: tuple[PeriodicJob, ...] = ()) -> dict[str, Any]:
+    """Celery settings derived from ours; `jobs` is the beat schedule."""
     prefix = f"{settings.redis_prefix}celery:"
     if settings.broker_is_redis:
         transport: dict[str, Any] = {
@@ -196,11 +194,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_connect_timeout": settings.redis_connect_timeout,
             "health_check_interval": settings.redis_health_check_interval,
         },
-        "redbeat_lock_timeout": 300,
-        "beat_max_loop_interval": 60,
+        # A beat refreshes its lock every loop (at most 5 s apart); a killed one's lock
+        # expires after 30 s and the waiting beat takes over: a tick is late by 35 s at most.
+        "redbeat_lock_timeout": 30,
+        "beat_max_loop_interval": 5,
         "beat_schedule": {
             job.name: {"task": job.task, "schedule": job.schedule, "options": {"queue": job.queue}}
-            for job in PERIODIC_JOBS
+            for job in jobs
         },
     }
 
@@ -223,6 +223,8 @@ class BaseTask(Task):
         """Run the task in an app context; retry transient errors while attempts remain."""
         flask_app: Flask = self.app.flask_app
         with flask_app.app_context():
+            if not self._first_run_of_its_tick():
+                return None
             started = time.perf_counter()
             try:
                 result = super().__call__(*args, **kwargs)
@@ -235,6 +237,23 @@ class BaseTask(Task):
                 elapsed = time.perf_counter() - started
                 _task_metrics_of(self).runtime.labels(self.name).observe(elapsed)
             return result
+
+    def _first_run_of_its_tick(self) -> bool:
+        """False for a second message of one beat tick (two beats overlapped); a retry of
+        the message that claimed the tick carries the same task id and goes on."""
+        tick = (self.request.headers or {}).get(TICK_HEADER) or getattr(
+            self.request, TICK_HEADER, None
+        )
+        if not tick or self.request.called_directly:
+            return True
+        key = redis_key("tick", tick)
+        client = redis_client()
+        if client.set(key, self.request.id, nx=True, ex=86_400):
+            return True
+        if client.get(key) == self.request.id:
+            return True
+        log.info("task.tick_already_ran", task=self.name, tick=tick)
+        return False
 
     def _retry_or_give_up(self, error: BaseException) -> None:
         """Raise `Retry` with a backoff countdown while attempts remain (else return)."""
@@ -319,10 +338,10 @@ def _task_metrics_of(task: Task) -> TaskMetrics:
 _METRICS = "myapp.task_metrics"
 
 
-def init_celery(app: Flask, settings: Settings) -> Celery:
+def init_celery(app: Flask, settings: Settings, jobs: tuple[PeriodicJob, ...] = ()) -> Celery:
     """Create the Celery app bound to `app` (read it back with `celery_app()`)."""
     celery = Celery(app.import_name, task_cls=BaseTask)
-    celery.conf.update(celery_config(settings))
+    celery.conf.update(celery_config(settings, jobs))
     celery.flask_app = app
     celery.flask_settings = settings
     celery.set_default()

@@ -11,6 +11,7 @@ import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blinker import Namespace
@@ -301,6 +302,38 @@ def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
         _audit_user(audit.AuditAction.RESTORE, user, before)
         _emit("user.restored", user)
         return user
+
+
+def purge_deleted(*, older_than_days: int, batch_size: int = 200) -> int:
+    """Delete for good the users soft-deleted more than `older_than_days` ago (their logins
+    and role links go with them, by cascade); one audit row and one `user.purged` event
+    each. Batches commit one by one, so an interrupted purge resumes where it stopped."""
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    purged = 0
+    while True:
+        with unit_of_work():
+            batch = list(
+                db.session.scalars(
+                    select(User)
+                    .where(User.deleted_at.is_not(None), User.deleted_at < cutoff)
+                    .order_by(User.deleted_at)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for user in batch:
+                # No personal data in the trail of an erasure: the id and the dates only.
+                audit.record(
+                    action=audit.AuditAction.PURGE,
+                    target_type="user",
+                    target_id=user.id,
+                    before={"deletedAt": user.deleted_at.isoformat()},
+                )
+                _emit("user.purged", user)
+                db.session.delete(user)
+        purged += len(batch)
+        if len(batch) < batch_size:
+            return purged
 
 
 def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:

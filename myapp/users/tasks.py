@@ -7,7 +7,9 @@ from typing import Any
 
 from celery import shared_task
 
+from myapp.core.config import current_settings
 from myapp.core.events import Event, handle_once
+from myapp.core.locks import distributed_lock
 from myapp.core.logging import get_logger
 from myapp.core.mail import send_mail
 from myapp.users import service
@@ -32,3 +34,12 @@ def send_welcome_email(event: dict[str, Any]) -> None:
             subject=WELCOME_SUBJECT,
             body=f"Hello {user.name},\n\nYour account is ready.\n",
         )
+
+
+@shared_task(name="users.purge_deleted")
+def purge_deleted() -> int:
+    """Nightly: erase users soft-deleted more than `USERS_PURGE_AFTER_DAYS` ago."""
+    with distributed_lock("users.purge_deleted", ttl=60, auto_extend=True):
+        purged = service.purge_deleted(older_than_days=current_settings().users_purge_after_days)
+    log.info("users.purged", users=purged)
+    return purged

@@ -59,3 +59,10 @@ def record_event(event: dict) -> None:
 @shared_task(name="tests.noop")
 def noop() -> None:
     """Nothing: for throughput measurements."""
+
+
+@shared_task(bind=True, name="tests.record_tick")
+def record_tick(self) -> None:
+    """Note which beat tick this run belongs to."""
+    tick = (self.request.headers or {}).get("tick_id") or getattr(self.request, "tick_id", None)
+    redis_client().rpush(redis_key("test", "ticks"), json.dumps([tick, time.time()]))

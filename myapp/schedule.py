@@ -1,0 +1,17 @@
+"""Every periodic job of the application, in one list (beat sends them; see core/beat.py).
+
+Times are UTC. A job's task should be safe to run late and, rarely, to be skipped: beat
+sends each tick once (RedBeat's lock, then a per-tick `SET NX` in the task), and a tick
+missed while no beat ran is not caught up.
+"""
+
+from __future__ import annotations
+
+from celery.schedules import crontab
+
+from myapp.core.tasks import PeriodicJob
+
+PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
+    # Erase users soft-deleted more than USERS_PURGE_AFTER_DAYS ago.
+    PeriodicJob("users-purge-deleted", "users.purge_deleted", crontab(hour=3, minute=17)),
+)

@@ -1,0 +1,12 @@
+"""Celery entry point for the beat tests: the real app with one more job, every 2 s."""
+
+from myapp import schedule
+from myapp.core.tasks import PeriodicJob
+
+# Before the app is built: the factory reads the schedule when it is first imported.
+schedule.PERIODIC_JOBS = (
+    *schedule.PERIODIC_JOBS,
+    PeriodicJob("test-tick", "tests.record_tick", 2.0, queue="default"),
+)
+
+from celery_worker import app, celery  # noqa: E402, F401 - `celery -A tests.support.beat_app.celery`
