@@ -39,7 +39,7 @@ serve: # (inside `dev`, once PostgreSQL and Redis answer)
 	$(BIN)/honcho start --procfile Procfile --port $(PORT)
 
 test: install lint ## Lint, then the whole test suite with coverage
-	$(SERVICES) -- $(BIN)/python -m pytest -n auto --dist loadfile --cov --cov-report=term
+	$(SERVICES) -- $(BIN)/python -m pytest -n auto --dist worksteal --cov --cov-report=term
 
 lint: install ## ruff check + ruff format --check + import contracts (lint-imports)
 	$(BIN)/ruff check .

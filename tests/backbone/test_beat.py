@@ -18,7 +18,7 @@ from tests.support.servers import stop_process, wait_until
 from tests.support.workers import Worker
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_beat(database_url: str, log_path: Path) -> subprocess.Popen:
