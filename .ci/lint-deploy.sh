@@ -123,7 +123,7 @@ entrypoint_dispatch() {
         sh docker/entrypoint.sh worker
     expect 'celery -A celery_worker.celery worker --loglevel=INFO -Q default,chat,low --pool gevent --concurrency 8 -O fair [FLASK_APP=]' \
         env CELERY_CONCURRENCY=8 sh docker/entrypoint.sh worker -O fair
-    expect 'celery -A celery_worker.celery beat -S redbeat.RedBeatScheduler --loglevel=INFO [FLASK_APP=]' \
+    expect 'celery -A celery_worker.celery beat -S myapp.core.beat:Scheduler --loglevel=INFO [FLASK_APP=]' \
         sh docker/entrypoint.sh beat
     expect 'flask db upgrade [FLASK_APP=wsgi:app]' sh docker/entrypoint.sh migrate
     expect 'flask seed [FLASK_APP=]' sh docker/entrypoint.sh flask seed

@@ -224,6 +224,9 @@ class Settings(BaseSettings):
 
     encryption_keys: SecretStr | None = None
     blind_index_key: SecretStr | None = None
+    # During a blind-index key change: the key being replaced, until `flask crypto reindex`
+    # has recomputed every index (lookups match both meanwhile).
+    blind_index_key_previous: SecretStr | None = None
 
     password_hash_threads: int = Field(1, ge=1, le=16)
     ratelimit_enabled: bool = True
@@ -285,6 +288,13 @@ class Settings(BaseSettings):
         parse_key_ring(value.get_secret_value())  # ValueError names the problem, not the key
         if info.data.get("app_env", "local") not in DEV_ENVS and _uses_dev_key(value):
             raise ValueError("the development key ring is refused outside local/dev/test")
+        return value
+
+    @field_validator("blind_index_key_previous")
+    @classmethod
+    def _previous_blind_index_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_key(value.get_secret_value())
         return value
 
     @field_validator("blind_index_key")

@@ -95,23 +95,39 @@ def blind_index(value: str, *, key: bytes, context: str) -> str:
     return hmac.new(key, f"{context}\x00{value}".encode(), hashlib.sha256).hexdigest()
 
 
+def key_fingerprint(key: bytes) -> str:
+    """A short public name for a key (never the key): the first 12 hex of its SHA-256."""
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Crypto:
     """The application's key ring and blind-index key."""
 
     ring: KeyRing
     index_key: bytes
+    previous_index_key: bytes | None = None
 
     def index(self, value: str, *, context: str) -> str:
-        """Blind index of an already-normalised value."""
+        """Blind index of an already-normalised value (the current key)."""
         return blind_index(value, key=self.index_key, context=context)
+
+    def indexes(self, value: str, *, context: str) -> list[str]:
+        """Every index a stored row may hold for `value`: the current key's, and during a
+        key change the previous key's (rows `flask crypto reindex` has not reached)."""
+        found = [self.index(value, context=context)]
+        if self.previous_index_key is not None:
+            found.append(blind_index(value, key=self.previous_index_key, context=context))
+        return found
 
 
 def init_crypto(app: Flask, settings: Settings) -> None:
     """Build the app's key ring and blind-index key from settings."""
+    previous = settings.blind_index_key_previous
     app.extensions[_EXTENSION] = Crypto(
         ring=KeyRing.from_setting(settings.encryption_keys.get_secret_value()),
         index_key=decode_key(settings.blind_index_key.get_secret_value()),
+        previous_index_key=decode_key(previous.get_secret_value()) if previous else None,
     )
 
 
@@ -165,9 +181,20 @@ class EncryptedField:
         setattr(obj, self.cipher_attr, box.ring.encrypt(normalised, aad=aad))
         setattr(obj, self.index_attr, box.index(normalised, context=f"{self.table}.{self.column}"))
 
-    def lookup_index(self, value: str) -> str:
-        """The blind index to compare `<name>_bidx` with, for an exact lookup of `value`."""
-        return crypto().index(self.normalise(value), context=f"{self.table}.{self.column}")
+    def lookup_indexes(self, value: str) -> list[str]:
+        """Every index a row holding `value` may have (two during a key change)."""
+        return crypto().indexes(self.normalise(value), context=f"{self.table}.{self.column}")
+
+    def reindex(self, obj: Any) -> bool:
+        """Recompute the blind index with the current key; True when it changed."""
+        value = self.__get__(obj)
+        if value is None:
+            return False
+        fresh = crypto().index(value, context=f"{self.table}.{self.column}")
+        if getattr(obj, self.index_attr) == fresh:
+            return False
+        setattr(obj, self.index_attr, fresh)
+        return True
 
     def reencrypt(self, obj: Any) -> bool:
         """Re-seal with the active key when another key was used; True when changed."""

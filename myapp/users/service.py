@@ -132,7 +132,7 @@ def load_with_roles(
 def find_by_phone(*, phone: str) -> User | None:
     """Exact lookup through the blind index (the phone itself is never compared in SQL)."""
     return db.session.execute(
-        select(User).where(User.phone_bidx == User.phone.lookup_index(phone))
+        select(User).where(User.phone_bidx.in_(User.phone.lookup_indexes(phone)))
     ).scalar_one_or_none()
 
 
