@@ -14,4 +14,6 @@ from myapp.core.tasks import PeriodicJob
 PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     # Erase users soft-deleted more than USERS_PURGE_AFTER_DAYS ago.
     PeriodicJob("users-purge-deleted", "users.purge_deleted", crontab(hour=3, minute=17)),
+    # Published outbox rows and old subscriber receipts (retention settings).
+    PeriodicJob("expire-events", "maintenance.expire_events", 600.0),
 )

@@ -208,6 +208,8 @@ class Settings(BaseSettings):
     outbox_relay_in_worker: bool = True
     outbox_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(1.0, gt=0)
+    outbox_retention_days: int = Field(7, ge=1)
+    event_receipts_retention_days: int = Field(30, ge=1)
 
     mail_backend: Literal["log", "file", "smtp"] = "log"
     mail_from: str = "no-reply@example.com"

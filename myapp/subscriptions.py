@@ -17,5 +17,5 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "user.purged": (),
 }
 
-#: Modules that declare the subscriber tasks above (imported by the worker).
-TASK_MODULES = ("myapp.users.tasks",)
+#: Modules that declare the tasks above and the scheduled ones (imported by the worker).
+TASK_MODULES = ("myapp.users.tasks", "myapp.core.maintenance")

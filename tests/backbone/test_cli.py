@@ -7,9 +7,12 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from myapp.core import events
+from myapp.core import (
+    events,
+    maintenance,  # noqa: F401 - registers the housekeeping task
+)
 from myapp.core.crypto import crypto, row_aad
 from myapp.core.db import new_id, unit_of_work
 from myapp.core.deadletters import DEAD, DeadLetter
@@ -89,3 +92,32 @@ def test_a_dead_letter_that_cannot_be_written_is_still_logged_without_its_argume
         "OperationalError",
     )
     assert "ann@" not in logs.text
+
+
+def test_housekeeping_expires_old_published_events_and_old_receipts(app, db_session):
+    with app.app_context(), unit_of_work():
+        for n in range(3):
+            events.emit("test.ping", aggregate_type="expire", aggregate_id=n, payload={})
+    db_session.execute(
+        text(
+            "UPDATE outbox"
+            " SET sent_at = now() - make_interval(days => CAST(aggregate_id AS int) * 8)"
+            " WHERE aggregate_type = 'expire' AND aggregate_id IN ('0', '1')"
+        )
+    )  # '0': sent just now, '1': sent 8 days ago, '2': not sent yet
+    db_session.execute(
+        text(
+            "INSERT INTO event_receipts (consumer, event_id, handled_at) VALUES"
+            " ('old', gen_random_uuid(), now() - interval '31 days'),"
+            " ('new', gen_random_uuid(), now() - interval '29 days')"
+        )
+    )
+    result = celery_app(app).tasks["maintenance.expire_events"].apply().get()
+    assert result == {"outboxRows": 1, "receipts": 1}
+    left = db_session.execute(
+        text("SELECT aggregate_id FROM outbox WHERE aggregate_type = 'expire' ORDER BY 1")
+    ).scalars()
+    assert list(left) == ["0", "2"]
+    assert db_session.execute(text("SELECT consumer FROM event_receipts")).scalars().all() == [
+        "new"
+    ]
