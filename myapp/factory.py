@@ -21,6 +21,7 @@ from myapp.cli import register_cli, register_seeder
 from myapp.core import admission, bodies, context, guards, idempotency, pipeline, security
 from myapp.core import db as database
 from myapp.core.api import SWAGGER_UI_URL, api, serve_swagger_ui_assets
+from myapp.core.cache import init_cache
 from myapp.core.config import install_settings
 from myapp.core.crypto import init_crypto
 from myapp.core.db import engine_options
@@ -30,7 +31,7 @@ from myapp.core.logging import configure_logging, log_access
 from myapp.core.metrics import register_metrics
 from myapp.core.outbox import init_outbox
 from myapp.core.ratelimit import limiter_config, register_ratelimit
-from myapp.core.redis import init_redis
+from myapp.core.redis import create_redis, init_redis
 from myapp.core.tasks import init_celery
 from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.flags import service as flags_service
@@ -154,6 +155,8 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
     celery.conf.imports = TASK_MODULES
     init_dead_letters(app)
     init_outbox(app, SUBSCRIPTIONS)
+    cache_client = create_redis(settings.cache_url, settings, retries=0, max_connections=32)
+    init_cache(app, cache_client, settings.redis_prefix, enabled=settings.cache_enabled)
     return redis
 
 

@@ -188,6 +188,7 @@ class Settings(BaseSettings):
     db_connect_timeout: int = Field(5, ge=1)
     db_statement_timeout_ms: int = Field(30_000, ge=0)
 
+    cache_enabled: bool = True
     redis_socket_timeout: float = Field(5.0, gt=0)
     redis_connect_timeout: float = Field(2.0, gt=0)
     redis_health_check_interval: int = Field(30, ge=0)

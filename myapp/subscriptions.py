@@ -8,13 +8,15 @@ subscribers are still recorded and marked sent (a new subscriber only sees new e
 
 from __future__ import annotations
 
+_DROP_CACHED = "users.drop_cached"
+
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
-    "user.registered": ("users.send_welcome_email",),
-    "user.updated": (),
-    "user.deleted": (),
-    "user.restored": (),
-    "user.roles_changed": (),
-    "user.purged": (),
+    "user.registered": ("users.send_welcome_email", _DROP_CACHED),
+    "user.updated": (_DROP_CACHED,),
+    "user.deleted": (_DROP_CACHED,),
+    "user.restored": (_DROP_CACHED,),
+    "user.roles_changed": (_DROP_CACHED,),
+    "user.purged": (_DROP_CACHED,),
 }
 
 #: Modules that declare the tasks above and the scheduled ones (imported by the worker).

@@ -7,8 +7,10 @@ the Celery broker's (the same client when both URLs are equal).
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, current_app
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -21,17 +23,36 @@ _CLIENT = "myapp.redis"
 _BROKER = "myapp.broker_redis"
 
 
-def create_redis(url: str, settings: Settings, *, decode_responses: bool = True) -> Redis:
-    """A client for `url` with the resilience options from settings."""
-    return Redis.from_url(
-        url,
-        decode_responses=decode_responses,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        health_check_interval=settings.redis_health_check_interval,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), settings.redis_max_retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+def create_redis(
+    url: str,
+    settings: Settings,
+    *,
+    decode_responses: bool = True,
+    retries: int | None = None,
+    max_connections: int | None = None,
+) -> Redis:
+    """A client for `url` with the resilience options from settings.
+
+    `retries` overrides `REDIS_MAX_RETRIES` (a cache read retries nothing: it falls back to
+    the database). `max_connections` bounds the pool: callers beyond it wait for a free
+    connection (up to the socket timeout) instead of each opening one, so a burst of
+    greenlets does not become a burst of connects.
+    """
+    attempts = settings.redis_max_retries if retries is None else retries
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "health_check_interval": settings.redis_health_check_interval,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), attempts),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if max_connections is None:
+        return Redis.from_url(url, **options)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=settings.redis_socket_timeout, **options
     )
+    return Redis(connection_pool=pool)
 
 
 def init_redis(app: Flask, settings: Settings) -> Redis:

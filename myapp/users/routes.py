@@ -26,6 +26,7 @@ from myapp.users.schemas import (
     UserListArgs,
     UserPatchSchema,
     UserSchema,
+    UserStatsSchema,
     present_user,
 )
 
@@ -35,6 +36,17 @@ registration_blp = Blueprint("registration", __name__, url_prefix="/v1/auth", de
 
 def _me() -> uuid.UUID:
     return uuid.UUID(current_actor().id)
+
+
+@blp.route("/stats")
+class Stats(MethodView):
+    """Counts of users."""
+
+    @blp.auth(perms.USERS_READ)
+    @blp.response(200, UserStatsSchema)
+    def get(self) -> dict:
+        """Users by status and by role; cached, refreshed after any user change."""
+        return service.user_stats()
 
 
 @blp.route("/me")

@@ -90,6 +90,14 @@ class UserPatchSchema(MePatchSchema):
     status = ma.fields.String(validate=ma.validate.OneOf(STATUSES))
 
 
+class UserStatsSchema(Schema):
+    """How many users there are (soft-deleted ones not counted)."""
+
+    total = ma.fields.Integer(required=True)
+    by_status = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer())
+    by_role = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer())
+
+
 class RolesSchema(Schema):
     """A user's complete set of roles."""
 

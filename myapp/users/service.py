@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blinker import Namespace
-from sqlalchemy import ColumnElement, Select, bindparam, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
 from myapp.audit import service as audit
 from myapp.core import events, passwords
 from myapp.core import permissions as perms
+from myapp.core.cache import cached_value
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
@@ -134,6 +135,33 @@ def find_by_phone(*, phone: str) -> User | None:
     return db.session.execute(
         select(User).where(User.phone_bidx.in_(User.phone.lookup_indexes(phone)))
     ).scalar_one_or_none()
+
+
+STATS_TTL_SECONDS = 60
+
+
+def _count_users() -> dict[str, Any]:
+    alive = User.deleted_at.is_(None)
+    statuses = select(User.status, func.count()).where(alive).group_by(User.status)
+    by_status = dict(db.session.execute(statuses).all())
+    roles = (
+        select(Role.name, func.count(User.id))  # counts the users that join: not deleted
+        .select_from(Role)
+        .outerjoin(user_roles, user_roles.c.role_id == Role.id)
+        .outerjoin(User, and_(User.id == user_roles.c.user_id, alive))
+        .group_by(Role.name)
+    )
+    return {
+        "total": sum(by_status.values()),
+        "by_status": {str(status): by_status.get(status, 0) for status in UserStatus},
+        "by_role": dict(db.session.execute(roles).all()),
+    }
+
+
+def user_stats() -> dict[str, Any]:
+    """`{total, by_status, by_role}` of users not deleted; cached (single-flight), dropped on
+    every `user.*` event (`tasks.drop_cached`)."""
+    return cached_value("users", "stats", _count_users, ttl=STATS_TTL_SECONDS)
 
 
 def get_user(*, user_id: uuid.UUID, actor: Actor) -> User:

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
+from myapp.core.cache import invalidate
 from myapp.core.config import current_settings
 from myapp.core.events import Event, handle_once
 from myapp.core.locks import distributed_lock
@@ -43,3 +44,10 @@ def purge_deleted() -> int:
         purged = service.purge_deleted(older_than_days=current_settings().users_purge_after_days)
     log.info("users.purged", users=purged)
     return purged
+
+
+@shared_task(name="users.drop_cached")
+def drop_cached(event: dict[str, Any]) -> None:
+    """Any `user.*` event: drop the cached reads it makes stale (in every process: the
+    cache is Redis only). Idempotent by nature; a Redis error retries."""
+    invalidate("users", "stats")

@@ -16,6 +16,7 @@ import pytest
 
 from myapp.core.redis import redis_key
 from myapp.core.tasks import celery_app
+from myapp.users import service as users_service
 from tests.conftest import broker_of_kind, libpq_url, redis_of
 from tests.support.servers import unused_port, wait_until
 from tests.support.workers import Worker
@@ -210,3 +211,17 @@ def test_the_request_id_of_a_registration_reaches_its_subscriber_and_mail_goes_o
         )
     wait_until(lambda: '"event.duplicate_skipped"' in worker.output(), 30, "the duplicate")
     assert len(list(mail_dir.glob("*.eml"))) == 1
+
+
+def test_one_second_after_a_user_change_no_reader_sees_the_old_stats(make_app, shared):
+    app = make_app(celery_broker_url=shared.broker_url)
+    with app.app_context():
+        before = users_service.user_stats()["total"]  # now cached for 60 s
+    response = app.test_client().post(
+        "/v1/auth/register",
+        json={"email": "stats@backbone.test", "password": "long-enough-pw", "name": "S"},
+    )
+    assert response.status_code == 201
+    time.sleep(1.0)  # the event reaches the worker, whose subscriber drops the entry
+    with app.app_context():
+        assert users_service.user_stats()["total"] == before + 1
