@@ -20,6 +20,7 @@ plain memoization) has no stampede guard; this does:
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import secrets
@@ -36,6 +37,7 @@ from myapp.core.logging import get_logger
 from myapp.core.metrics import app_counter
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 log = get_logger(__name__)
 _EXTENSION = "myapp.cache"
 
@@ -126,6 +128,23 @@ def cached_value(
         store.errors.inc()
         log.warning("cache.unavailable", namespace=ns, error_type=type(error).__name__)
         return _recompute(store, ns, compute)
+
+
+def cached(ns: str, *, ttl: float, key: Callable[..., str]) -> Callable[[F], F]:
+    """Decorate a service read: its result is `cached_value(ns, key(*args, **kwargs), ...)`.
+
+    @cached("users", ttl=60, key=lambda: "stats")
+    def user_stats() -> dict: ...
+    """
+
+    def decorate(read: F) -> F:
+        @functools.wraps(read)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return cached_value(ns, key(*args, **kwargs), lambda: read(*args, **kwargs), ttl=ttl)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _wait_for_fill(

@@ -22,7 +22,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from myapp.audit import service as audit
 from myapp.core import events, passwords
 from myapp.core import permissions as perms
-from myapp.core.cache import cached_value
+from myapp.core.cache import cached
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
@@ -158,10 +158,12 @@ def _count_users() -> dict[str, Any]:
     }
 
 
+@cached("users", ttl=STATS_TTL_SECONDS, key=lambda: "stats")
 def user_stats() -> dict[str, Any]:
     """`{total, by_status, by_role}` of users not deleted; cached (single-flight), dropped on
-    every `user.*` event (`tasks.drop_cached`)."""
-    return cached_value("users", "stats", _count_users, ttl=STATS_TTL_SECONDS)
+    every `user.*` event (`tasks.drop_cached`). The single-user read is not cached: it is
+    one primary-key statement, and its row holds personal data that a cache would copy."""
+    return _count_users()
 
 
 def get_user(*, user_id: uuid.UUID, actor: Actor) -> User:
