@@ -38,6 +38,7 @@ from myapp.core.tasks import (
     REPLAY_SUCCEEDED_HOOK,
     REQUEST_ID_HEADER,
     celery_app,
+    message_header,
 )
 from myapp.extensions import db
 
@@ -85,7 +86,7 @@ def _frames(einfo: Any, error: BaseException) -> str:
 
 
 def _first_failure(task: Task, now: datetime) -> datetime:
-    stamp = (task.request.headers or {}).get(FIRST_FAILURE_HEADER)
+    stamp = message_header(task.request, FIRST_FAILURE_HEADER)
     try:
         return datetime.fromtimestamp(float(stamp), UTC) if stamp else now
     except (TypeError, ValueError):
@@ -97,7 +98,6 @@ def record_failure(
 ) -> None:
     """Write (or, for a failed replay, update) the dead letter of a task that gave up."""
     now = datetime.now(UTC)
-    headers = task.request.headers or {}
     frames = _frames(einfo, error)
     fields = {
         "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
@@ -109,7 +109,7 @@ def record_failure(
         "last_failed_at": now,
     }
     attempts = (task.request.retries or 0) + 1
-    replayed = headers.get(DEAD_LETTER_HEADER)
+    replayed = message_header(task.request, DEAD_LETTER_HEADER)
     with unit_of_work():
         letter = db.session.get(DeadLetter, uuid.UUID(replayed)) if replayed else None
         if letter is None:
@@ -118,7 +118,7 @@ def record_failure(
                 task_id=task.request.id,
                 task_name=task.name,
                 arguments_masked=mask_arguments({"args": args, "kwargs": kwargs}),
-                request_id=headers.get(REQUEST_ID_HEADER) or current_request_id(),
+                request_id=message_header(task.request, REQUEST_ID_HEADER) or current_request_id(),
                 attempts=attempts,
                 first_failed_at=_first_failure(task, now),
                 status=DEAD,

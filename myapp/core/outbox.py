@@ -166,12 +166,16 @@ class OutboxConfig:
     oldest_age: Any
 
 
+def _config() -> OutboxConfig:
+    return current_app.extensions[_EXTENSION]
+
+
 def relay_batch(limit: int) -> int:
     """Publish up to `limit` pending events; how many were published.
 
     Raises the broker's error after marking what was published before it failed.
     """
-    config: OutboxConfig = current_app.extensions[_EXTENSION]
+    config = _config()
     celery = celery_app()
     sent: list[int] = []  # ids published
     failure: BaseException | None = None
@@ -220,7 +224,7 @@ def backlog() -> Backlog:
     """Count what waits (also exported as gauges)."""
     row = db.session.execute(_STATUS).one()
     age = (datetime.now(UTC) - row.oldest).total_seconds() if row.oldest else 0.0
-    config: OutboxConfig = current_app.extensions[_EXTENSION]
+    config = _config()
     config.backlog.set(row.backlog)
     config.oldest_age.set(age)
     return Backlog(pending=row.backlog, oldest_age_seconds=max(age, 0.0))
@@ -328,8 +332,3 @@ def init_outbox(app: Flask, subscriptions: dict[str, tuple[str, ...]]) -> None:
             app, "outbox_oldest_age_seconds", "Age of the oldest unpublished outbox event"
         ),
     )
-
-
-def outbox_subscriptions() -> dict[str, tuple[str, ...]]:
-    """Event name -> subscriber task names, as installed."""
-    return current_app.extensions[_EXTENSION].subscriptions

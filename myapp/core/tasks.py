@@ -67,6 +67,11 @@ DEAD_LETTER_HEADER = "dead_letter_id"
 TICK_HEADER = "tick_id"
 
 
+def message_header(request: Any, name: str) -> Any:
+    """A custom header of the message a task runs (Celery also copies them onto the request)."""
+    return (request.headers or {}).get(name) or getattr(request, name, None)
+
+
 class TransientError(Exception):
     """Raise from a task for a failure worth retrying (a 5xx from a remote service...)."""
 
@@ -241,9 +246,7 @@ class BaseTask(Task):
     def _first_run_of_its_tick(self) -> bool:
         """False for a second message of one beat tick (two beats overlapped); a retry of
         the message that claimed the tick carries the same task id and goes on."""
-        tick = (self.request.headers or {}).get(TICK_HEADER) or getattr(
-            self.request, TICK_HEADER, None
-        )
+        tick = message_header(self.request, TICK_HEADER)
         if not tick or self.request.called_directly:
             return True
         key = redis_key("tick", tick)
@@ -309,9 +312,7 @@ class BaseTask(Task):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         """Count it; a successful replay of a dead letter marks that letter resolved."""
         _task_metrics_of(self).outcomes.labels(self.name, "succeeded").inc()
-        dead_letter_id = (self.request.headers or {}).get(DEAD_LETTER_HEADER) or getattr(
-            self.request, DEAD_LETTER_HEADER, None
-        )
+        dead_letter_id = message_header(self.request, DEAD_LETTER_HEADER)
         hook = self.app.flask_app.extensions.get(REPLAY_SUCCEEDED_HOOK)
         if dead_letter_id and hook is not None:
             with self.app.flask_app.app_context():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from myapp.core.locks import FencedResource, LockNotAcquiredError, distributed_lock
-from tests.conftest import redis_of, settings_of
+from tests.conftest import redis_of, server_env, settings_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,15 +63,7 @@ def test_a_holder_that_dies_releases_by_ttl(app):
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
     )
-    env = {
-        **os.environ,
-        "APP_ENV": "test",
-        "APP_NAME": settings.app_name,
-        "REDIS_URL": settings.redis_url,
-        "DATABASE_URL": settings.database_url,
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = {**os.environ, **server_env(settings.database_url), "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
     )

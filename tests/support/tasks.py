@@ -1,4 +1,4 @@
-"""Tasks the tests run in real workers: context report, kill target, flaky, subscriber, no-op."""
+"""Tasks the tests run in real workers: context report, kill target, flaky, subscriber, tick."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from myapp.core.context import current_actor, current_request_id
 from myapp.core.events import handle_once
 from myapp.core.logging import get_logger
 from myapp.core.redis import redis_client, redis_key
-from myapp.core.tasks import TransientError
+from myapp.core.tasks import TICK_HEADER, TransientError, message_header
 
 log = get_logger("tests.support.tasks")
 
@@ -56,13 +56,8 @@ def record_event(event: dict) -> None:
     redis_client().rpush(redis_key("test", "events"), json.dumps(event))
 
 
-@shared_task(name="tests.noop")
-def noop() -> None:
-    """Nothing: for throughput measurements."""
-
-
 @shared_task(bind=True, name="tests.record_tick")
 def record_tick(self) -> None:
     """Note which beat tick this run belongs to."""
-    tick = (self.request.headers or {}).get("tick_id") or getattr(self.request, "tick_id", None)
+    tick = message_header(self.request, TICK_HEADER)
     redis_client().rpush(redis_key("test", "ticks"), json.dumps([tick, time.time()]))
