@@ -57,16 +57,21 @@ def post_worker_init(worker):
 
     For `SHUTDOWN_DRAIN_SECONDS` the worker keeps serving (the load balancer notices the
     failing readiness probe and stops routing here), then it stops accepting and lets
-    in-flight requests finish within `graceful_timeout`.
+    in-flight requests finish within `graceful_timeout`; event streams end at that point.
     """
     import gevent
 
+    from myapp.core.streams import shutdown_streams
     from myapp.health.service import start_draining
+
+    def stop():
+        worker.alive = False  # stop accepting; in-flight requests get `graceful_timeout`
+        shutdown_streams()  # event streams would never finish by themselves: end them
 
     def drain(signum, frame):
         start_draining()
         worker.log.info("Draining for %ss before shutdown", _settings.shutdown_drain_seconds)
-        gevent.spawn_later(_settings.shutdown_drain_seconds, setattr, worker, "alive", False)
+        gevent.spawn_later(_settings.shutdown_drain_seconds, stop)
 
     signal.signal(signal.SIGTERM, drain)
     # Everything built so far (the app, its modules, compiled SQL) lives as long as the

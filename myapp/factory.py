@@ -14,7 +14,7 @@ from gevent import monkey
 from redis import Redis
 
 from myapp.audit.routes import blp as audit_blp
-from myapp.auth import caller, tokens
+from myapp.auth import caller, tickets, tokens
 from myapp.auth import service as auth_service
 from myapp.auth.routes import blp as auth_blp
 from myapp.cli import register_cli, register_seeder
@@ -32,17 +32,24 @@ from myapp.core.metrics import register_metrics
 from myapp.core.outbox import init_outbox
 from myapp.core.ratelimit import limiter_config, register_ratelimit
 from myapp.core.redis import create_redis, init_redis
+from myapp.core.storage import init_storage
+from myapp.core.streams import init_streams
 from myapp.core.tasks import init_celery
+from myapp.events.routes import blp as events_blp
 from myapp.extensions import cache, db, jwt, migrate, socketio
+from myapp.files.routes import blp as files_blp
 from myapp.flags import service as flags_service
 from myapp.flags.cache import init_flag_cache
 from myapp.flags.cli import flags_cli
 from myapp.flags.routes import blp as flags_blp
 from myapp.health.routes import blp as health_blp
+from myapp.jobs import service as jobs_service
+from myapp.jobs.routes import blp as jobs_blp
 from myapp.meta.routes import blp as meta_blp
 from myapp.schedule import PERIODIC_JOBS
 from myapp.settings import Settings, load_settings
 from myapp.subscriptions import SUBSCRIPTIONS, TASK_MODULES
+from myapp.users import export as users_export
 from myapp.users import seed as users_seed
 from myapp.users import service as users_service
 from myapp.users.cli import crypto_cli, users_cli
@@ -50,7 +57,20 @@ from myapp.users.routes import blp as users_blp
 from myapp.users.routes import registration_blp
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-BLUEPRINTS = (health_blp, meta_blp, auth_blp, registration_blp, users_blp, audit_blp, flags_blp)
+BLUEPRINTS = (
+    health_blp,
+    meta_blp,
+    auth_blp,
+    registration_blp,
+    users_blp,
+    audit_blp,
+    flags_blp,
+    files_blp,
+    jobs_blp,
+    events_blp,
+)
+#: Job kind -> the function a worker runs for it (see myapp/jobs/service.py).
+JOB_RUNNERS = {users_service.EXPORT_KIND: users_export.run_export}
 SECURITY_SCHEMES = {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
 
 
@@ -63,6 +83,7 @@ def request_pipeline() -> pipeline.Pipeline:
             admission.admit,  # 2. in-flight limit per worker, others wait in arrival order
             database.read_safe_methods_in_autocommit,  # GET/HEAD: 1 round trip per read
             tokens.read_bearer_token,  # 3. caller, part one: the JWT verified, no I/O
+            tickets.redeem_ticket,  # 3. or a single-use ticket, on routes that take one
             guards.check_guards,  # 4. one Redis round trip: budget + token denylist
             bodies.check_body,  # 4. media type, JSON size/depth/numbers, clean text
             security.enforce_admin_networks,  # 5. admin routes from allowed networks only
@@ -157,6 +178,8 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
     init_outbox(app, SUBSCRIPTIONS)
     cache_client = create_redis(settings.cache_url, settings, retries=0, max_connections=32)
     init_cache(app, cache_client, settings.redis_prefix, enabled=settings.cache_enabled)
+    init_storage(app, settings)
+    init_streams(app, redis, settings)
     return redis
 
 
@@ -165,6 +188,7 @@ def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
     init_flag_cache(app, redis, settings.redis_prefix)
     init_crypto(app, settings)
+    jobs_service.init_jobs(app, JOB_RUNNERS)
     register_seeder(app, users_seed.seed)
     register_seeder(app, flags_service.seed)
     app.cli.add_command(users_cli)

@@ -16,4 +16,6 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("users-purge-deleted", "users.purge_deleted", crontab(hour=3, minute=17)),
     # Published outbox rows and old subscriber receipts (retention settings).
     PeriodicJob("expire-events", "maintenance.expire_events", 600.0),
+    # Blobs no file row names, and deleted files whose removal did not finish.
+    PeriodicJob("files-sweep", "files.sweep", crontab(minute=41)),
 )

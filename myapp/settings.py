@@ -33,6 +33,9 @@ KEY_BYTES = 32
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
+#: File types an upload may have (their content is sniffed: see myapp/files/sniff.py).
+KNOWN_FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "webp", "pdf", "txt", "csv"})
+
 #: Environments where developer conveniences (demo users, the old published keys) are allowed.
 DEV_ENVS = frozenset({"local", "dev", "test"})
 MIN_SECRET_LENGTH = 32
@@ -249,6 +252,31 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     users_purge_after_days: int = Field(30, ge=1)
 
+    files_storage: Literal["local", "s3"] = "local"
+    files_local_dir: str = "var/files"
+    files_max_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    files_allowed_extensions: CsvList = Field(
+        default_factory=lambda: _split_csv("png,jpg,jpeg,gif,webp,pdf,txt,csv")
+    )
+    files_chunk_bytes: int = Field(64 * 1024, ge=4096, le=8 * 1024 * 1024)
+    files_orphan_grace_seconds: int = Field(3600, ge=60)
+    ratelimit_upload: str = "20/minute"
+    s3_bucket: str | None = None
+    s3_prefix: str = "files/"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_sse: Literal["", "AES256", "aws:kms"] = ""
+    s3_sse_kms_key_id: str | None = None
+    s3_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=512 * 1024 * 1024)
+
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
+    sse_stream_maxlen: int = Field(1000, ge=10)
+    sse_stream_ttl_seconds: int = Field(86_400, ge=60)
+    sse_ticket_ttl_seconds: int = Field(60, ge=5, le=600)
+    sse_retry_ms: int = Field(3000, ge=100)
+
     @_model_validator(mode="before")
     @classmethod
     def _apply_profile_defaults(cls, data: Any) -> Any:
@@ -260,7 +288,13 @@ class Settings(BaseSettings):
             data.setdefault(key, value)
         return data
 
-    @field_validator("cors_origins", "metrics_allowed_cidrs", "admin_allowed_cidrs", mode="before")
+    @field_validator(
+        "cors_origins",
+        "metrics_allowed_cidrs",
+        "admin_allowed_cidrs",
+        "files_allowed_extensions",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -366,6 +400,22 @@ class Settings(BaseSettings):
         if value <= info.data.get("celery_task_soft_time_limit", 0):
             raise ValueError("must be longer than CELERY_TASK_SOFT_TIME_LIMIT")
         return value
+
+    @field_validator("files_allowed_extensions")
+    @classmethod
+    def _known_extensions(cls, value: list[str]) -> list[str]:
+        lowered = [item.lower().lstrip(".") for item in value]
+        unknown = sorted(set(lowered) - KNOWN_FILE_EXTENSIONS)
+        if unknown:
+            known = ", ".join(sorted(KNOWN_FILE_EXTENSIONS))
+            raise ValueError(f"unknown extensions {', '.join(unknown)} (known: {known})")
+        return lowered
+
+    @_model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.files_storage == "s3" and not self.s3_bucket:
+            raise ValueError("FILES_STORAGE=s3 needs S3_BUCKET")
+        return self
 
     @field_validator("cors_origins")
     @classmethod

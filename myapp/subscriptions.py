@@ -17,7 +17,14 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "user.restored": (_DROP_CACHED,),
     "user.roles_changed": (_DROP_CACHED,),
     "user.purged": (_DROP_CACHED,),
+    "file.deleted": ("files.remove_blob",),
+    "job.queued": ("jobs.run",),
 }
 
 #: Modules that declare the tasks above and the scheduled ones (imported by the worker).
-TASK_MODULES = ("myapp.users.tasks", "myapp.core.maintenance")
+TASK_MODULES = (
+    "myapp.users.tasks",
+    "myapp.files.tasks",
+    "myapp.jobs.tasks",
+    "myapp.core.maintenance",
+)

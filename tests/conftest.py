@@ -20,6 +20,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,6 +58,11 @@ RUN_ID = os.environ.get("TEST_RUN_ID") or secrets.token_hex(3)
 for _name, _value in generate_local_secrets().items():
     os.environ.setdefault(_name, _value)
 TEST_DB_NAME = f"myapp_test_{RUN_ID}"
+#: Local blob storage of this test process (the workers and servers it starts inherit it).
+FILES_DIR = os.path.join(  # noqa: PTH118
+    tempfile.gettempdir(), f"myapp-files-{RUN_ID}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+)
+os.environ["FILES_LOCAL_DIR"] = FILES_DIR
 TEST_APP_NAME = f"myapp-{RUN_ID}"
 TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
 
@@ -152,6 +158,7 @@ def database_url() -> Iterator[str]:
         db.engine.dispose()
     yield url
     drop_database(TEST_DB_NAME)
+    shutil.rmtree(FILES_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ class AuditAction(StrEnum):
     DELETE = "DELETE"
     RESTORE = "RESTORE"
     PURGE = "PURGE"
+    EXPORT = "EXPORT"
     LOGIN = "LOGIN"
     LOGIN_FAILED = "LOGIN_FAILED"
     LOGOUT = "LOGOUT"

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Exists, bindparam, func, select, update
 
 from myapp.audit import service as audit
-from myapp.auth import tokens
+from myapp.auth import tickets, tokens
 from myapp.auth.models import AuthSession, RefreshToken
 from myapp.core import passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
@@ -281,3 +281,9 @@ def change_password(*, current_password: str, new_password: str) -> None:
         audit.record(
             action=audit.AuditAction.PASSWORD_CHANGE, target_type="user", target_id=user.id
         )
+
+
+def issue_ticket(*, credentials: Credentials) -> tuple[str, int]:
+    """A single-use ticket standing in for `credentials` on routes that accept one, and
+    its lifetime in seconds (`myapp.auth.tickets`)."""
+    return tickets.issue(credentials)

@@ -7,7 +7,8 @@ woken in no particular order, so some wait seconds while most take milliseconds.
 keeps the work in progress small and makes the others wait in arrival order: a freed slot
 is handed to the oldest waiter, never taken by a newcomer. A request that waits longer than
 `WEB_QUEUE_TIMEOUT` is answered 503 `SERVICE_UNAVAILABLE` (with `Retry-After`) before it
-did any work. Probes and scrapes pass the gate without queueing.
+did any work. Probes and scrapes pass the gate without queueing, and so do streaming routes
+(uploads, downloads, event streams): they mostly wait on the network, for minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flask import Flask, current_app, g, request
 from myapp.core.config import current_settings
 from myapp.core.context import OPERATIONAL_PREFIXES
 from myapp.core.errors import AppError
+from myapp.core.pipeline import current_route_policy
 
 _EXTENSION = "myapp.admission"
 
@@ -71,7 +73,7 @@ def admission_gate() -> AdmissionGate:
 
 def admit() -> None:
     """Step: wait for a slot in arrival order; 503 once `WEB_QUEUE_TIMEOUT` has passed."""
-    if request.path.startswith(OPERATIONAL_PREFIXES):
+    if request.path.startswith(OPERATIONAL_PREFIXES) or current_route_policy().streaming:
         return
     if not admission_gate().enter(current_settings().web_queue_timeout):
         raise AppError(

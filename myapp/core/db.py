@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from flask import Flask, request
-from sqlalchemy import DateTime, Uuid, event, func
+from sqlalchemy import Connection, DateTime, Uuid, event, func
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from ulid import ULID
@@ -208,3 +208,14 @@ def unit_of_work(session: Session | None = None) -> Iterator[Session]:
         raise
     finally:
         session.info["uow_depth"] = depth
+
+
+@contextmanager
+def separate_transaction() -> Iterator[Connection]:
+    """A short transaction on a connection of its own, committed at the end of the block.
+
+    For what must become visible while the session's own transaction is still open: the
+    progress a long job reports while it streams rows through a server-side cursor.
+    """
+    with db.engine.begin() as connection:
+        yield connection

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 
 from myapp.core.context import current_request_id, new_request_id
 from myapp.core.logging import get_logger
+from myapp.core.storage import StorageError
 
 log = get_logger(__name__)
 
@@ -87,6 +88,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,  # the broker (RabbitMQ or Redis) does not answer
+    StorageError,  # the blob store (S3) does not answer
 )
 
 

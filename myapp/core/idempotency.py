@@ -14,7 +14,8 @@ anonymous. If Redis is down the request is refused with 503 rather than risk run
 
 Routes whose answers carry credentials (`carries_credentials`: everything under
 `/v1/auth`) take no part: a token is never stored, and a spent refresh token always meets
-reuse detection. What is stored (status, a few headers, body) is sealed with the
+reuse detection. Streaming routes (uploads) take no part either: fingerprinting their body
+would mean buffering it. What is stored (status, a few headers, body) is sealed with the
 field-encryption key ring (AES-256-GCM), bound to its Redis key: Redis never holds the
 personal data of a replayable answer in clear.
 """
@@ -94,7 +95,12 @@ def _replay(record: dict[str, Any], store_key: str) -> Response:
 def begin() -> Response | None:
     """Step: take the key, replay a finished answer, or refuse."""
     settings, policy = current_settings(), current_route_policy()
-    if not settings.idempotency_enabled or request.method not in METHODS or policy.credentials:
+    if (
+        not settings.idempotency_enabled
+        or request.method not in METHODS
+        or policy.credentials
+        or policy.streaming
+    ):
         return None
     key = request.headers.get(HEADER)
     if key is None:

@@ -102,9 +102,12 @@ def app_histogram(
     return _registered(app, Histogram, name, documentation, labels, buckets=buckets)
 
 
-def app_gauge(app: Flask, name: str, documentation: str) -> Gauge:
-    """A gauge of `app` (created once); with several processes, the most recent value wins."""
-    return _registered(app, Gauge, name, documentation, multiprocess_mode="mostrecent")
+def app_gauge(
+    app: Flask, name: str, documentation: str, *, multiprocess_mode: str = "mostrecent"
+) -> Gauge:
+    """A gauge of `app` (created once). With several processes the most recent value wins,
+    or (`multiprocess_mode="livesum"`) the values of the live processes add up."""
+    return _registered(app, Gauge, name, documentation, multiprocess_mode=multiprocess_mode)
 
 
 def serve_worker_metrics(app: Flask, port: int) -> None:

@@ -11,9 +11,19 @@ ROLES_WRITE = "roles:write"
 AUDIT_READ = "audit:read"
 FLAGS_READ = "flags:read"
 FLAGS_WRITE = "flags:write"
+FILES_MANAGE = "files:manage"  # anybody's files: read and delete
 
 ALL_PERMISSIONS = frozenset(
-    {USERS_READ, USERS_WRITE, USERS_DELETE, ROLES_WRITE, AUDIT_READ, FLAGS_READ, FLAGS_WRITE}
+    {
+        USERS_READ,
+        USERS_WRITE,
+        USERS_DELETE,
+        ROLES_WRITE,
+        AUDIT_READ,
+        FLAGS_READ,
+        FLAGS_WRITE,
+        FILES_MANAGE,
+    }
 )
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {

@@ -7,7 +7,8 @@ idempotent replay). Later steps read what earlier ones left on `flask.g`. Finish
 order on every response, error answers included; cleanups run at teardown.
 
 Routes declare what the pipeline must check for them (`caller_required`,
-`feature_required`, `idempotency_required`, `carries_credentials`). The declarations are
+`feature_required`, `idempotency_required`, `carries_credentials`, `streaming`,
+`accepts_ticket`). The declarations are
 read only after the route has matched, so an unknown path or a wrong method is answered
 before any guard runs, and no guard runs twice.
 """
@@ -44,6 +45,8 @@ class RoutePolicy:
     feature: str | None = None  # feature flag that must be on for the caller
     idempotency_key: bool = False  # `Idempotency-Key` header required
     credentials: bool = False  # answers carry credentials: never stored, never cached
+    streaming: bool = False  # streams its body or its answer: no admission slot, no replay
+    ticket: bool = False  # also accepts a single-use ticket (`?ticket=`) instead of a token
 
 
 PUBLIC = RoutePolicy()
@@ -124,6 +127,19 @@ def carries_credentials(view: View) -> View:
     """Declare an auth route: its answers are never kept for idempotent replays (a spent
     refresh token must always meet reuse detection) nor cached (`no-store`)."""
     return declare(view, credentials=True)
+
+
+def streaming(view: View) -> View:
+    """Declare a route that streams a large or long-lived body (uploads, downloads, event
+    streams). It takes no admission slot (a slow client would hold it for minutes) and no
+    part in `Idempotency-Key` (replaying it would mean buffering the body)."""
+    return declare(view, streaming=True)
+
+
+def accepts_ticket(view: View) -> View:
+    """Declare a route that browsers open without headers (`EventSource`): a single-use
+    ticket in the query string stands in for the bearer token."""
+    return declare(view, ticket=True)
 
 
 def _handler(view: Callable, method: str) -> Callable | None:

@@ -169,9 +169,10 @@ def enforce_admin_networks() -> None:
 
 def forbid_caching_credentials(response: Response) -> Response:
     """Finisher: `Cache-Control: no-store` on answers to an authenticated request (it came
-    with `Authorization`) and on every answer of a route that hands out credentials."""
+    with `Authorization`) and on every answer of a route that hands out credentials. Other
+    directives the view set (an event stream's `no-cache`) are kept."""
     if current_route_policy().credentials or "Authorization" in request.headers:
-        response.headers["Cache-Control"] = "no-store"
+        response.cache_control.no_store = True
     return response
 
 

@@ -46,6 +46,7 @@ from myapp.core.context import (
 from myapp.core.logging import get_logger, mask_arguments
 from myapp.core.metrics import app_counter, app_histogram
 from myapp.core.redis import broker_redis, redis_client, redis_key
+from myapp.core.storage import StorageError
 from myapp.settings import Settings
 
 log = get_logger(__name__)
@@ -86,6 +87,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     BrokerError,
     ConnectionError,  # sockets: refused, reset, aborted
     socket.timeout,
+    StorageError,  # the blob store (S3) did not answer
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from myapp.audit import service as audit
+from myapp.core.config import current_settings
 from myapp.core.context import SYSTEM, Actor, bind_actor
 from myapp.core.db import unit_of_work
 from myapp.extensions import db
@@ -18,12 +19,13 @@ __all__ = ["FlagRules", "evaluate_all", "is_enabled", "list_flags", "seed", "set
 
 BUCKETS = 10_000
 
-#: Flags `flask seed` creates (disabled ones wait for their feature).
+#: Flags `flask seed` creates: key -> (on in stage/prod, on in local/dev/test, description).
+#: New features start on where developers work and off in production until turned on.
 SEED_FLAGS = {
-    "auth.registration": (True, "Self-service sign-up at POST /v1/auth/register"),
-    "users.export": (False, "CSV export of users (POST /v1/users/export)"),
-    "files.upload": (False, "File uploads (POST /v1/files)"),
-    "chat": (False, "Rooms and realtime chat"),
+    "auth.registration": (True, True, "Self-service sign-up at POST /v1/auth/register"),
+    "users.export": (False, True, "CSV export of users (POST /v1/users/export)"),
+    "files.upload": (False, True, "File uploads (POST /v1/files)"),
+    "chat": (False, False, "Rooms and realtime chat"),
 }
 
 
@@ -108,6 +110,7 @@ def seed() -> None:
     """Create the known flags that are missing (existing ones keep their state)."""
     bind_actor(SYSTEM)
     existing = {flag.key for flag in list_flags()}
-    for key, (enabled, description) in SEED_FLAGS.items():
+    dev = current_settings().is_dev
+    for key, (in_prod, in_dev, description) in SEED_FLAGS.items():
         if key not in existing:
-            set_flag(key=key, enabled=enabled, description=description)
+            set_flag(key=key, enabled=in_dev if dev else in_prod, description=description)

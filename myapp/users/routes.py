@@ -19,6 +19,7 @@ from myapp.core.ratelimit import setting
 from myapp.extensions import limiter
 from myapp.users import service
 from myapp.users.schemas import (
+    ExportStartedSchema,
     MePatchSchema,
     RegisterSchema,
     RolesSchema,
@@ -47,6 +48,22 @@ class Stats(MethodView):
     def get(self) -> dict:
         """Users by status and by role; cached, refreshed after any user change."""
         return service.user_stats()
+
+
+@blp.route("/export")
+class Export(MethodView):
+    """CSV export of all users."""
+
+    @feature_required("users.export")
+    @blp.auth(perms.USERS_READ)
+    @blp.response(202, ExportStartedSchema)
+    def post(self) -> dict:
+        """Start an export; follow it at `GET /v1/jobs/{jobId}` or on the event stream.
+
+        The CSV becomes a file of the caller (`result.fileId`); phone numbers are masked
+        unless the caller is an admin.
+        """
+        return {"job_id": service.start_export(actor=current_actor())}
 
 
 @blp.route("/me")

@@ -118,3 +118,9 @@ class UserListArgs(OffsetPageArgs):
     role = ma.fields.String(validate=ma.validate.OneOf(ROLE_NAMES))
     q = ma.fields.String(validate=ma.validate.Length(min=1, max=100))
     include_deleted = ma.fields.Boolean(load_default=False)
+
+
+class ExportStartedSchema(Schema):
+    """An export was queued: follow it at `GET /v1/jobs/{jobId}`."""
+
+    job_id = ma.fields.UUID(required=True)

@@ -28,9 +28,12 @@ from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.paging import Page, cursor_page, offset_page
 from myapp.extensions import db
+from myapp.jobs import service as jobs
 from myapp.users import policies
 from myapp.users.models import Role, User, UserStatus, user_roles
 
+#: The job kind of the users CSV export (its runner: `myapp.users.export.run_export`).
+EXPORT_KIND = "users.export"
 _signals = Namespace()
 #: Sent (keyword `user_id`) inside the unit of work that made a user's tokens stop working.
 tokens_revoked = _signals.signal("users.tokens-revoked")
@@ -384,3 +387,21 @@ def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:
         )
         _emit("user.roles_changed", user, roles=user.role_names)
         return user
+
+
+def start_export(*, actor: Actor) -> uuid.UUID:
+    """Queue a CSV export of every user for `actor`; the job's id. Audited."""
+    with unit_of_work():
+        full = policies.sees_all_phones(actor)
+        job = jobs.start_job(
+            kind=EXPORT_KIND,
+            owner_id=uuid.UUID(actor.id),
+            params={"phones": "full" if full else "masked"},
+        )
+        audit.record(
+            action=audit.AuditAction.EXPORT,
+            target_type="user",
+            target_id=None,
+            after={"jobId": str(job.id), "phones": "full" if full else "masked"},
+        )
+        return job.id

@@ -291,3 +291,48 @@ class ThrowawayPostgres:
         """Stop it (fast shutdown: open connections are cut, as in a real restart)."""
         if self.server is not None:
             self.server.stop()
+
+
+class ThrowawayS3:
+    """A real S3 API server (moto in server mode) on a port of its own."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+        self.log_path = log_path
+
+    @property
+    def url(self) -> str:
+        """Its endpoint URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=1) as answer:  # noqa: S310
+                return answer.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def start(self) -> ThrowawayS3:
+        """Start it; a lost race for the port is retried on another one."""
+        for _ in range(5):
+            self.port = unused_port()
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if self._answers():
+                    return self
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"moto_server did not start:\n{self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop it."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

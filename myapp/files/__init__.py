@@ -1,0 +1,1 @@
+"""Files: uploads streamed to blob storage, ranged downloads, deletion through events."""

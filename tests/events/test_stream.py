@@ -1,0 +1,137 @@
+"""The caller's event stream: ids, resume with Last-Event-ID, heartbeats, tickets, auth."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+from myapp.core.streams import publish, stream_hub
+from tests.conftest import bearer, login
+from tests.support.sse import SSEReader
+
+HEARTBEAT = 0.3
+
+
+@pytest.fixture
+def sse_app(make_app):
+    return make_app(sse_heartbeat_seconds=HEARTBEAT)
+
+
+@pytest.fixture
+def http(sse_app, db_session):
+    return sse_app.test_client()
+
+
+def open_stream(http, headers=None, query: str = "") -> tuple[object, SSEReader]:
+    response = http.get(f"/v1/events/stream{query}", headers=headers or {}, buffered=False)
+    return response, SSEReader(response.response, response.close)
+
+
+def send(app, user_id, event_type: str, **data) -> str:
+    with app.app_context():
+        return publish(str(user_id), event_type, data)
+
+
+def test_events_arrive_with_their_ids_and_a_reconnect_resumes_after_the_last_one(
+    http, sse_app, make_user
+):
+    user = make_user()
+    tokens = login(http, user.email)
+    response, reader = open_stream(http, bearer(tokens))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "no-cache" in response.headers["Cache-Control"]
+    first = reader.next()
+    assert first.retry == 3000 and first.comments == ["connected"]
+
+    ids = [send(sse_app, user.id, "notification", n=n) for n in range(5)]
+    received = reader.events(5)
+    assert [m.id for m in received] == ids
+    assert [m.data for m in received] == [{"n": n} for n in range(5)]
+    assert {m.event for m in received} == {"notification"}
+    reader.stop()
+
+    resumed_response, resumed = open_stream(http, {**bearer(tokens), "Last-Event-ID": ids[1]})
+    assert resumed_response.status_code == 200
+    assert [m.id for m in resumed.events(3)] == ids[2:]
+    later = send(sse_app, user.id, "notification", n=5)
+    assert resumed.next_event().id == later  # live events follow the backlog, none twice
+    with pytest.raises(queue.Empty):
+        resumed.next_event(timeout=HEARTBEAT * 3)
+    resumed.stop()
+
+
+def test_a_stream_sees_only_its_own_users_events_and_heartbeats_when_idle(http, sse_app, make_user):
+    me, other = make_user(), make_user()
+    _, reader = open_stream(http, bearer(login(http, me.email)))
+    send(sse_app, other.id, "notification", secret="not yours")
+    mine = send(sse_app, me.id, "job.progress", progress=50)
+    message = reader.next_event()
+    assert (message.id, message.event, message.data) == (mine, "job.progress", {"progress": 50})
+    heartbeats = [reader.next(timeout=HEARTBEAT * 5) for _ in range(2)]
+    assert all(m.comments == ["heartbeat"] and not m.is_event for m in heartbeats)
+    reader.stop()
+
+
+def test_a_ticket_opens_the_stream_once(http, sse_app, make_user):
+    user = make_user()
+    tokens = login(http, user.email)
+    issued = http.post("/v1/events/ticket", headers=bearer(tokens))
+    assert issued.status_code == 201
+    ticket = issued.get_json()["data"]
+    assert ticket["expiresIn"] == 60 and len(ticket["ticket"]) >= 32
+
+    response, reader = open_stream(http, query=f"?ticket={ticket['ticket']}")
+    assert response.status_code == 200
+    event_id = send(sse_app, user.id, "notification", hello=True)
+    assert reader.next_event().id == event_id
+    reader.stop()
+
+    again = http.get(f"/v1/events/stream?ticket={ticket['ticket']}")
+    assert again.status_code == 401
+    assert again.get_json()["error"]["code"] == "AUTH_TOKEN_INVALID"
+    assert again.headers["Content-Type"] == "application/json"
+
+
+def test_tickets_are_only_for_the_stream_and_follow_the_login(http, make_user):
+    user = make_user()
+    tokens = login(http, user.email)
+    ticket = http.post("/v1/events/ticket", headers=bearer(tokens)).get_json()["data"]["ticket"]
+    elsewhere = http.get(f"/v1/users/me?ticket={ticket}")
+    assert elsewhere.status_code == 401  # only the stream takes tickets
+    assert http.post("/v1/auth/logout", headers=bearer(tokens)).status_code == 204
+    after_logout = http.get(f"/v1/events/stream?ticket={ticket}")
+    assert after_logout.status_code == 401
+    assert after_logout.get_json()["error"]["code"] == "AUTH_TOKEN_REVOKED"
+
+
+def test_without_credentials_the_answer_is_an_envelope_not_a_stream(http):
+    for query in ("", "?ticket=made-up", "?ticket="):
+        answer = http.get(f"/v1/events/stream{query}")
+        assert answer.status_code == 401
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.get_json()["success"] is False
+    bad_id = http.get("/v1/events/stream", headers={"Last-Event-ID": "nope"})
+    assert bad_id.status_code == 401  # the caller is checked before anything else
+
+
+def test_a_malformed_last_event_id_is_400(http, make_user):
+    tokens = login(http, make_user().email)
+    answer = http.get("/v1/events/stream", headers={**bearer(tokens), "Last-Event-ID": "x-y"})
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "BAD_REQUEST"
+
+
+def test_shutdown_ends_every_stream_cleanly(http, sse_app, make_user):
+    tokens = login(http, make_user().email)
+    _, reader = open_stream(http, bearer(tokens))
+    reader.next()
+    with sse_app.app_context():
+        assert stream_hub().watched == 1
+    with sse_app.app_context():
+        stream_hub().close()  # what `shutdown_streams()` does to each hub of the process
+    assert reader.ended.wait(5), "the stream did not end"
+    with sse_app.app_context():
+        assert stream_hub().watched == 0
