@@ -18,9 +18,9 @@ import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from myapp.core.blobs import StorageError
 from myapp.core.context import current_request_id, new_request_id
 from myapp.core.logging import get_logger
-from myapp.core.storage import StorageError
 
 log = get_logger(__name__)
 

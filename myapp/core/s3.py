@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from myapp.core.storage import BlobWriter, StorageError, StoredBlob
+from myapp.core.blobs import BlobWriter, StorageError, StoredBlob
 from myapp.settings import Settings
 
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from myapp.core.blobs import StorageError
 from myapp.core.config import current_settings
 from myapp.core.context import (
     SYSTEM,
@@ -46,7 +47,6 @@ from myapp.core.context import (
 from myapp.core.logging import get_logger, mask_arguments
 from myapp.core.metrics import app_counter, app_histogram
 from myapp.core.redis import broker_redis, redis_client, redis_key
-from myapp.core.storage import StorageError
 from myapp.settings import Settings
 
 log = get_logger(__name__)

@@ -21,12 +21,13 @@ from sqlalchemy import delete, select
 from myapp.audit import service as audit
 from myapp.core import events
 from myapp.core import permissions as perms
+from myapp.core.blobs import StorageError, new_key
 from myapp.core.config import current_settings
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
-from myapp.core.storage import StorageError, new_key, storage
+from myapp.core.storage import storage
 from myapp.extensions import db
 from myapp.files.models import StoredFile
 from myapp.files.upload import FRAMING_ALLOWANCE, ReceivedBlob, receive_upload, too_large

@@ -29,8 +29,8 @@ from werkzeug.sansio.multipart import (
     NeedData,
 )
 
+from myapp.core.blobs import BlobWriter, Storage, new_key
 from myapp.core.errors import AppError
-from myapp.core.storage import BlobWriter, Storage, new_key
 from myapp.files.sniff import SNIFF_BYTES, FileType, RefusedContentError, check_content
 
 FIELD = "file"
