@@ -15,8 +15,9 @@ EMAIL = "bench@example.com"
 PASSWORD = "bench-password-123"  # noqa: S105 - a throwaway account in a throwaway database
 
 
-def prepare_database(base_url: str) -> str:
-    """Fresh `myapp_bench` database, migrated, with one user to log in as."""
+def prepare_database(base_url: str, name: str = "bench") -> str:
+    """Fresh `myapp_bench_<name>` database, migrated, with one user to log in as (each
+    benchmark has its own, so two running at once do not recreate each other's)."""
     import psycopg
 
     from myapp import create_app
@@ -24,11 +25,12 @@ def prepare_database(base_url: str) -> str:
     from myapp.extensions import db
     from myapp.users.seed import ensure_user, seed_roles
 
-    url = make_url(base_url).set(database="myapp_bench").render_as_string(hide_password=False)
+    database = f"myapp_bench_{name}".replace("-", "_")
+    url = make_url(base_url).set(database=database).render_as_string(hide_password=False)
     admin_url = make_url(base_url).set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin_url.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS myapp_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE myapp_bench")
+        conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {database}")
     os.environ["DATABASE_URL"] = url
     app = create_app()
     with app.app_context():
@@ -49,9 +51,9 @@ def server_env(name: str, **overrides: str) -> dict[str, str]:
     base_db = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     return {
         "APP_ENV": "test",
-        "DATABASE_URL": prepare_database(base_db),
+        "DATABASE_URL": prepare_database(base_db, name),
         "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        "APP_NAME": "myapp-bench",
+        "APP_NAME": f"myapp-bench-{name}",  # Redis keys of its own
         "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": f"/tmp/myapp-bench-{name}-prometheus",  # noqa: S108
         **overrides,

@@ -141,7 +141,7 @@ def main() -> int:
         import redis
 
         client = redis.Redis.from_url(env["REDIS_URL"])
-        client.delete("myapp-bench:prod:cache:users:stats")
+        client.delete(f"{env['APP_NAME']}:prod:cache:users:stats")
         before = recomputes(cached)
         time.sleep(0.5)
         ok, failed = stampede(cached, token, args.stampede)

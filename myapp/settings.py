@@ -196,6 +196,7 @@ class Settings(BaseSettings):
     redis_connect_timeout: float = Field(2.0, gt=0)
     redis_health_check_interval: int = Field(30, ge=0)
     redis_max_retries: int = Field(3, ge=0)
+    redis_max_connections: int = Field(128, ge=4)
 
     celery_pool: Literal["gevent", "prefork", "solo", "threads"] = "gevent"
     celery_concurrency: int = Field(50, ge=1)

@@ -7,8 +7,12 @@ woken in no particular order, so some wait seconds while most take milliseconds.
 keeps the work in progress small and makes the others wait in arrival order: a freed slot
 is handed to the oldest waiter, never taken by a newcomer. A request that waits longer than
 `WEB_QUEUE_TIMEOUT` is answered 503 `SERVICE_UNAVAILABLE` (with `Retry-After`) before it
-did any work. Probes and scrapes pass the gate without queueing, and so do streaming routes
-(uploads, downloads, event streams): they mostly wait on the network, for minutes.
+did any work. Probes and scrapes pass the gate without queueing.
+
+Streaming routes pass the gate like any other (opening 1,000 event streams at once must
+queue for the database like 1,000 reads), but do not keep their slot while they stream:
+a download or an event stream gives it back when the view returns (teardown runs before
+the body is sent), and an upload gives it back (`release()`) before it reads its body.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from flask import Flask, current_app, g, request
 from myapp.core.config import current_settings
 from myapp.core.context import OPERATIONAL_PREFIXES
 from myapp.core.errors import AppError
-from myapp.core.pipeline import current_route_policy
 
 _EXTENSION = "myapp.admission"
 
@@ -73,7 +76,7 @@ def admission_gate() -> AdmissionGate:
 
 def admit() -> None:
     """Step: wait for a slot in arrival order; 503 once `WEB_QUEUE_TIMEOUT` has passed."""
-    if request.path.startswith(OPERATIONAL_PREFIXES) or current_route_policy().streaming:
+    if request.path.startswith(OPERATIONAL_PREFIXES):
         return
     if not admission_gate().enter(current_settings().web_queue_timeout):
         raise AppError(

@@ -10,8 +10,9 @@ Both stream: a writer takes chunks and holds at most one S3 part in memory; a re
 chunks of a byte range. Keys are random (`new_key()`): what a user named a file is metadata
 in the database, never part of a path. Deleting a missing blob is not an error.
 
-Under gevent, local file I/O does not yield to the hub; chunks are small (64 KiB) and come
-from the page cache, so a chunk costs microseconds. The S3 backend's sockets are patched.
+Under gevent, local file I/O does not yield to the hub: streaming loops over local blobs
+call `cooperate()` once per chunk (64 KiB), so a large transfer never holds the worker.
+The S3 backend's sockets are patched and yield by themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from myapp.core.concurrency import cooperate
 
 _PART_SUFFIX = ".part"
 
@@ -73,6 +76,10 @@ class Storage(Protocol):
 
     def list_blobs(self) -> Iterator[StoredBlob]:
         """Every committed blob (for the orphan sweep)."""
+
+    def discard_incomplete(self, older_than: datetime) -> int:
+        """Drop writes begun before `older_than` and never finished (their process died);
+        how many."""
 
 
 def new_key() -> str:
@@ -138,6 +145,7 @@ class LocalStorage:
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
+                cooperate()  # disk reads never yield to the hub by themselves
 
     def delete(self, key: str) -> None:
         """Remove the blob; a missing one is fine."""
@@ -165,3 +173,17 @@ class LocalStorage:
                     size=stat.st_size,
                     modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
                 )
+
+    def discard_incomplete(self, older_than: datetime) -> int:
+        """Remove `.part` files not written to since `older_than` (a killed writer's)."""
+        if not self.root.is_dir():
+            return 0
+        removed, cutoff = 0, older_than.timestamp()
+        for path in self.root.rglob(f"*{_PART_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished or removed meanwhile
+        return removed

@@ -5,11 +5,16 @@ other request of the worker. Under gevent, `run_blocking` runs the call in a sma
 dedicated native-thread pool (`PASSWORD_HASH_THREADS` per worker, created on first use,
 i.e. after fork) and yields until it returns; argon2 releases the GIL while it works.
 Without gevent (CLI, tests) it simply calls the function.
+
+Long loops that read a socket which always has data waiting (a fast upload) and write a
+file (which never blocks the hub) would also keep every other request of the worker
+waiting: such loops call `cooperate()` once per chunk.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,3 +46,9 @@ def run_blocking(func: Callable[..., T], *args: Any, threads: int = 1) -> T:
     if not _gevent_active():
         return func(*args)
     return _threadpool(threads).apply(func, args)
+
+
+def cooperate() -> None:
+    """Let the other greenlets of the worker run now (under gevent `time.sleep` is
+    gevent's; otherwise this only hands the GIL over)."""
+    time.sleep(0)

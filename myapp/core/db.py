@@ -28,6 +28,7 @@ from ulid import ULID
 
 from myapp.core.context import current_request_id
 from myapp.core.logging import get_logger
+from myapp.core.pipeline import current_route_policy
 from myapp.extensions import AUTOCOMMIT_READS, db
 from myapp.settings import Settings
 
@@ -106,8 +107,10 @@ def engine_options(settings: Settings) -> dict[str, Any]:
 
 
 def read_safe_methods_in_autocommit() -> None:
-    """Pipeline step: a GET or HEAD reads in autocommit mode (see the module docstring)."""
-    if request.method in SAFE_METHODS:
+    """Pipeline step: a GET or HEAD reads in autocommit mode (see the module docstring);
+    so does a streaming route (an upload), which must not hold a connection, let alone
+    an open transaction, while its body trickles in."""
+    if request.method in SAFE_METHODS or current_route_policy().streaming:
         session = db.session()
         session.info[AUTOCOMMIT_READS] = True
         session.expire_on_commit = False  # `release_connection` keeps what was read

@@ -131,8 +131,9 @@ def carries_credentials(view: View) -> View:
 
 def streaming(view: View) -> View:
     """Declare a route that streams a large or long-lived body (uploads, downloads, event
-    streams). It takes no admission slot (a slow client would hold it for minutes) and no
-    part in `Idempotency-Key` (replaying it would mean buffering the body)."""
+    streams). It reads in autocommit mode and keeps neither a database connection nor its
+    admission slot while it streams (a slow client would hold them for minutes), and takes
+    no part in `Idempotency-Key` (replaying it would mean buffering the body)."""
     return declare(view, streaming=True)
 
 

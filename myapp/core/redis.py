@@ -56,13 +56,20 @@ def create_redis(
 
 
 def init_redis(app: Flask, settings: Settings) -> Redis:
-    """Create (not connect) the app's Redis client and the broker's; the app's."""
-    client = create_redis(settings.redis_url, settings)
+    """Create (not connect) the app's Redis client and the broker's; the app's.
+
+    Both pools are bounded (`REDIS_MAX_CONNECTIONS` per process) and make callers beyond the
+    bound wait for a free connection: redis-py's default pool would refuse the 101st
+    concurrent caller at once, and a burst of greenlets (a reconnect storm of event
+    streams) would see Redis "down" while it is only busy.
+    """
+    limit = settings.redis_max_connections
+    client = create_redis(settings.redis_url, settings, max_connections=limit)
     app.extensions[_CLIENT] = client
     if settings.broker_url == settings.redis_url:
         app.extensions[_BROKER] = client
     elif settings.broker_is_redis:
-        app.extensions[_BROKER] = create_redis(settings.broker_url, settings)
+        app.extensions[_BROKER] = create_redis(settings.broker_url, settings, max_connections=limit)
     return client
 
 

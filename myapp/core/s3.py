@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -208,6 +209,24 @@ class S3Storage:
                     )
         except (BotoCoreError, ClientError) as error:
             raise StorageError(f"S3 list failed: {type(error).__name__}") from None
+
+    def discard_incomplete(self, older_than: datetime) -> int:
+        """Abort multipart uploads begun before `older_than` (a killed writer's)."""
+        aborted = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"] < older_than:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"S3 list failed: {type(error).__name__}") from None
+        return aborted
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (dev and test servers; prod provisions it)."""

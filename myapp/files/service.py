@@ -19,12 +19,12 @@ from typing import BinaryIO
 from sqlalchemy import delete, select
 
 from myapp.audit import service as audit
-from myapp.core import events
+from myapp.core import admission, events
 from myapp.core import permissions as perms
 from myapp.core.blobs import StorageError, new_key
 from myapp.core.config import current_settings
 from myapp.core.context import Actor
-from myapp.core.db import unit_of_work
+from myapp.core.db import release_connection, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
 from myapp.core.storage import storage
@@ -98,6 +98,9 @@ def upload(
     limit = settings.files_max_bytes
     if content_length is not None and content_length > limit + FRAMING_ALLOWANCE:
         raise too_large(limit)
+    # While the body streams in (minutes, maybe): no database connection, no admission slot.
+    release_connection()
+    admission.release()
     blob = receive_upload(
         stream,
         boundary,
@@ -190,7 +193,8 @@ def remove_blob(*, file_id: uuid.UUID) -> bool:
 
 
 def sweep(*, grace_seconds: int) -> dict[str, int]:
-    """Remove blobs no row names, and deleted files a worker has not removed yet.
+    """Remove blobs no row names, deleted files a worker has not removed yet, and uploads
+    a killed process left unfinished (`.part` files, multipart uploads).
 
     Only what is older than `grace_seconds` counts: an upload in progress has a blob and
     no row yet, and a fresh delete is the worker's to finish.
@@ -224,6 +228,7 @@ def sweep(*, grace_seconds: int) -> dict[str, int]:
     )
     db.session.rollback()
     removed = sum(remove_blob(file_id=file_id) for file_id in stale)
-    if orphans or removed:
-        log.info("files.swept", orphan_blobs=orphans, deleted_files=removed)
-    return {"orphanBlobs": orphans, "deletedFiles": removed}
+    incomplete = store.discard_incomplete(cutoff)
+    if orphans or removed or incomplete:
+        log.info("files.swept", orphan_blobs=orphans, deleted_files=removed, incomplete=incomplete)
+    return {"orphanBlobs": orphans, "deletedFiles": removed, "incompleteUploads": incomplete}

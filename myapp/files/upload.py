@@ -30,6 +30,7 @@ from werkzeug.sansio.multipart import (
 )
 
 from myapp.core.blobs import BlobWriter, Storage, new_key
+from myapp.core.concurrency import cooperate
 from myapp.core.errors import AppError
 from myapp.files.sniff import SNIFF_BYTES, FileType, RefusedContentError, check_content
 
@@ -148,6 +149,7 @@ def _events(stream: BinaryIO, decoder: MultipartDecoder, chunk_bytes: int):  # n
         chunk = stream.read(chunk_bytes)
         finished = not chunk
         decoder.receive_data(chunk or None)
+        cooperate()  # a fast client always has data waiting: never hold the worker
 
 
 def receive_upload(  # noqa: PLR0913 - one request's limits

@@ -85,9 +85,18 @@ def test_the_sweep_removes_old_blobs_no_row_names_and_nothing_else(
             writer.commit()
             then = time.time() - age
             os.utime(store.root / key, (then, then))
-        before = stored_keys(app)
-        assert len(before) == 3
-        assert service.sweep(grace_seconds=3600) == {"orphanBlobs": 1, "deletedFiles": 0}
+        for key, age in (("cc/killed", 7200), ("dd/in-progress", 0)):  # a writer's .part file
+            store.writer(key, content_type="image/png").write(PNG)
+            then = time.time() - age
+            os.utime(store.root / f"{key}.part", (then, then))
+        assert len(stored_keys(app)) == 3  # unfinished writes are not blobs
+        assert service.sweep(grace_seconds=3600) == {
+            "orphanBlobs": 1,
+            "deletedFiles": 0,
+            "incompleteUploads": 1,
+        }
+        assert not (store.root / "cc/killed.part").exists()
+        assert (store.root / "dd/in-progress.part").exists()
     after = stored_keys(app)
     assert "aa/old-orphan" not in after and "bb/new-orphan" in after
     download = http.get(f"/v1/files/{kept['id']}/content", headers=bearer(tokens))
@@ -106,3 +115,15 @@ def test_file_settings_that_cannot_work_are_refused(overrides, variable):
     with pytest.raises(ValidationError) as refused:
         make_settings(**overrides)
     assert variable in describe_errors(refused.value)
+
+
+def test_the_sweep_aborts_s3_multipart_uploads_a_killed_process_left(make_app, request):
+    server = request.getfixturevalue("s3_server")
+    app = make_app(**s3_settings(server, "sweep-multipart"))
+    with app.app_context():
+        store = storage()
+        store.ensure_bucket()
+        store.client.create_multipart_upload(Bucket=store.bucket, Key="files/ab/left-behind")
+        assert service.sweep(grace_seconds=0)["incompleteUploads"] == 1
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert uploads == []

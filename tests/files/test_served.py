@@ -102,3 +102,36 @@ def test_sigterm_ends_open_event_streams_cleanly_after_the_drain(database_url, t
     assert b"event:" not in rest
     assert 1.0 <= ended_after < 6, ended_after  # the drain first, then the stream ends
     assert process.returncode == 0
+
+
+def test_a_slow_upload_holds_no_database_connection(database_url, tmp_path, account):
+    env = server_env(
+        database_url,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+        DB_POOL_SIZE="1",  # one connection per worker: an upload holding it would starve all
+        DB_MAX_OVERFLOW="0",
+    )
+    with gunicorn(APP, workers=1, env=env) as (_, base):
+        auth = {"Authorization": f"Bearer {token(base)}"}
+        body, content_type = multipart(PNG + os.urandom(200_000), "slow.png")
+        parts = list(body())
+        upload = connect(base)
+        upload.putrequest("POST", "/v1/files")
+        for name, value in {**auth, "Content-Type": content_type}.items():
+            upload.putheader(name, value)
+        upload.putheader("Transfer-Encoding", "chunked")
+        upload.endheaders()
+        upload.send(b"%x\r\n%s\r\n" % (len(parts[0]), parts[0]))  # the headers of the part
+        upload.send(b"%x\r\n%s\r\n" % (100_000, parts[1][:100_000]))  # then half the file
+        time.sleep(0.5)  # the upload is in the view now, waiting for the rest
+
+        other = connect(base)
+        other.request("GET", "/v1/users/me", headers=auth)
+        answer = other.getresponse()
+        assert answer.status == 200, answer.read()  # the one connection was free
+        answer.read()
+
+        rest = parts[1][100_000:] + b"".join(parts[2:])
+        upload.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+        finished = upload.getresponse()
+        assert finished.status == 201, finished.read()
