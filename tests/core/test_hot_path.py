@@ -16,6 +16,7 @@ import redis.connection
 from sqlalchemy import delete, event, or_, select
 
 from myapp.audit.models import AuditLog
+from myapp.core.redis import redis_key
 from myapp.extensions import db
 from myapp.users.models import Role, User
 from tests.conftest import PASSWORD, bearer, clear_redis_prefix, login, redis_of, settings_of
@@ -96,8 +97,10 @@ def test_get_me_costs_one_statement_and_one_redis_round_trip(real_app, committed
     assert len(counter.statements) == 1, counter.statements
     assert "auth_sessions" in counter.statements[0] and "roles" in counter.statements[0]
     assert counter.redis_sends == 1
-    with real_app.app_context():
-        budget_keys = redis_of(real_app).keys("*ratelimit:api:user:*")
+    with real_app.app_context():  # this user's counter (other tests run in parallel)
+        budget_keys = redis_of(real_app).keys(
+            redis_key("ratelimit", "api", f"user:{data['id']}", "*")
+        )
     assert len(budget_keys) == 1 and redis_of(real_app).get(budget_keys[0]) == "1"
     assert response.headers["X-RateLimit-Remaining"] == "999"
 
