@@ -310,3 +310,15 @@ def test_uploads_follow_their_feature_flag(http, owner, files_app):
     finally:
         with files_app.app_context():
             flags_service.set_flag(key="files.upload", enabled=True)
+
+
+def test_uploads_have_a_budget_per_user(make_app, db_session, make_user):
+    app = make_app(ratelimit_upload="2/minute")
+    http = app.test_client()
+    first, second = login(http, make_user().email), login(http, make_user().email)
+    assert [upload(http, first, PNG, "a.png").status_code for _ in range(2)] == [201, 201]
+    refused = upload(http, first, PNG, "a.png")
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "RATE_LIMITED"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert upload(http, second, PNG, "b.png").status_code == 201  # another user's own budget
