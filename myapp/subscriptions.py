@@ -19,10 +19,12 @@ SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "user.purged": (_DROP_CACHED,),
     "file.deleted": ("files.remove_blob",),
     "job.queued": ("jobs.run",),
+    "auth.sessions_ended": ("auth.end_streams",),
 }
 
 #: Modules that declare the tasks above and the scheduled ones (imported by the worker).
 TASK_MODULES = (
+    "myapp.auth.tasks",
     "myapp.users.tasks",
     "myapp.files.tasks",
     "myapp.jobs.tasks",

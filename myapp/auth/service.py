@@ -17,7 +17,7 @@ from sqlalchemy import Exists, bindparam, func, select, update
 from myapp.audit import service as audit
 from myapp.auth import tickets, tokens
 from myapp.auth.models import AuthSession, RefreshToken
-from myapp.core import passwords
+from myapp.core import events, passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
 from myapp.core.db import new_id, retry_on_disconnect, unit_of_work
 from myapp.core.errors import AppError
@@ -25,6 +25,9 @@ from myapp.core.guards import deny_token
 from myapp.core.permissions import permissions_for
 from myapp.extensions import db
 from myapp.users import service as users_service
+
+#: Emitted when logins end (logout, revoked, all of a user's): open streams of those end.
+SESSIONS_ENDED = "auth.sessions_ended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,18 @@ def login(*, email: str, password: str) -> dict[str, Any]:
     return pair
 
 
+def _announce_ended(user_id: Any, session_ids: list[uuid.UUID]) -> None:
+    """Tell whatever holds these logins open (event streams) that they ended, once the
+    revocation commits (`auth.sessions_ended` through the outbox)."""
+    if session_ids:
+        events.emit(
+            SESSIONS_ENDED,
+            aggregate_type="user",
+            aggregate_id=user_id,
+            payload={"sessionIds": [str(session_id) for session_id in session_ids]},
+        )
+
+
 def _revoke_family(session_id: uuid.UUID) -> None:
     now = _now()
     db.session.execute(
@@ -128,6 +143,7 @@ def refresh(*, refresh_token: str) -> dict[str, Any]:
         if row.used_at is None:
             return _rotate(row=row, claims=claims, actor=actor)
         _revoke_family(row.session_id)
+        _announce_ended(claims["sub"], [row.session_id])
         audit.record(
             action=audit.AuditAction.TOKEN_REUSE,
             target_type="auth_session",
@@ -165,6 +181,7 @@ def logout(*, credentials: Credentials) -> None:
     deny_token(credentials.token_id, credentials.expires_at)
     with unit_of_work():
         _revoke_family(uuid.UUID(credentials.session_id))
+        _announce_ended(credentials.user_id, [uuid.UUID(credentials.session_id)])
         audit.record(
             action=audit.AuditAction.LOGOUT,
             target_type="auth_session",
@@ -203,6 +220,7 @@ def revoke_session(*, session_id: uuid.UUID, actor: Actor) -> None:
         if session is None or str(session.user_id) != actor.id or session.revoked_at:
             raise AppError("NOT_FOUND")
         _revoke_family(session.id)
+        _announce_ended(session.user_id, [session.id])
         audit.record(
             action=audit.AuditAction.SESSION_REVOKE,
             target_type="auth_session",
@@ -221,8 +239,10 @@ def end_all_sessions(_sender: Any = None, *, user_id: uuid.UUID) -> None:
             AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
         )
     ).scalars()
-    for session_id in list(open_sessions):
+    ended = list(open_sessions)
+    for session_id in ended:
         _revoke_family(session_id)
+    _announce_ended(user_id, ended)
 
 
 @functools.cache

@@ -41,6 +41,9 @@ log = get_logger(__name__)
 _EXTENSION = "myapp.streams"
 _BLOCK_MS = 5000
 _CLOSED = object()
+#: A control entry, never sent to clients: the logins listed (`sessionIds`) ended, so
+#: their open streams end too (the client then finds its token refused).
+SESSION_ENDED = "session.ended"
 _HUBS: weakref.WeakSet[StreamHub] = weakref.WeakSet()  # this process's, for shutdown
 
 
@@ -324,10 +327,16 @@ def format_event(event: StreamEvent) -> bytes:
 
 
 def sse_body(
-    subscription: Subscription, *, heartbeat: float, retry_ms: int, ends_at: float
+    subscription: Subscription,
+    *,
+    session_id: str,
+    heartbeat: float,
+    retry_ms: int,
+    ends_at: float,
 ) -> Iterator[bytes]:
     """The bytes of an SSE response: events as they come, a comment every `heartbeat` s,
-    until `ends_at` (epoch seconds), the client leaves, or the process shuts down.
+    until `ends_at` (epoch seconds), the login `session_id` ends, the client leaves, or the
+    process shuts down.
 
     Call it inside the request; the bytes are produced after the request context is gone
     (a stream holds no database connection and no admission slot).
@@ -335,6 +344,7 @@ def sse_body(
     return _EventStreamBody(
         subscription,
         _metrics().open_streams,
+        session_id=session_id,
         heartbeat=heartbeat,
         retry_ms=retry_ms,
         ends_at=ends_at,
@@ -350,11 +360,12 @@ class _EventStreamBody:
         subscription: Subscription,
         gauge: Any,
         *,
+        session_id: str,
         heartbeat: float,
         retry_ms: int,
         ends_at: float,
     ) -> None:
-        self._subscription, self._gauge = subscription, gauge
+        self._subscription, self._gauge, self._session_id = subscription, gauge, session_id
         self._heartbeat, self._retry_ms, self._ends_at = heartbeat, retry_ms, ends_at
         self._released = False
         gauge.inc()
@@ -374,6 +385,10 @@ class _EventStreamBody:
                     event = self._subscription.next(min(self._heartbeat, remaining))
                 except ShutdownError:
                     return
+                if event is not None and event.type == SESSION_ENDED:
+                    if self._session_id in event.data.get("sessionIds", ()):
+                        return  # logged out or revoked: the client must authenticate again
+                    continue
                 yield b": heartbeat\n\n" if event is None else format_event(event)
         finally:
             self._release()

@@ -46,6 +46,7 @@ class Stream(MethodView):
         subscription = stream_hub().subscribe(current_actor().id, last_id)
         body = sse_body(
             subscription,
+            session_id=current_credentials().session_id,
             heartbeat=settings.sse_heartbeat_seconds,
             retry_ms=settings.sse_retry_ms,
             ends_at=current_credentials().expires_at,

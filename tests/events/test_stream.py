@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import uuid
 
 import pytest
+from sqlalchemy import text
 
-from myapp.core.streams import publish, stream_hub
-from tests.conftest import bearer, login
+from myapp.core.streams import SESSION_ENDED, publish, stream_hub
+from tests.conftest import PASSWORD, bearer, login
 from tests.support.sse import SSEReader
 
 HEARTBEAT = 0.3
@@ -135,3 +138,49 @@ def test_shutdown_ends_every_stream_cleanly(http, sse_app, make_user):
     assert reader.ended.wait(5), "the stream did not end"
     with sse_app.app_context():
         assert stream_hub().watched == 0
+
+
+def test_a_stream_ends_when_its_login_ends_and_only_then(http, sse_app, make_user):
+    user = make_user()
+    tokens = login(http, user.email)
+    response, reader = open_stream(http, bearer(tokens))
+    reader.next()
+    with sse_app.app_context():
+        session_id = current_session_of(http, tokens)
+        publish(str(user.id), SESSION_ENDED, {"sessionIds": [str(uuid.uuid4())]})  # another login
+        after = publish(str(user.id), "notification", {"still": "here"})
+    assert reader.next_event().id == after  # the control entry itself is never sent
+    with sse_app.app_context():
+        publish(str(user.id), SESSION_ENDED, {"sessionIds": [session_id]})
+    assert reader.ended.wait(5), "the stream outlived its login"
+
+
+def current_session_of(http, tokens) -> str:
+    sessions = http.get("/v1/auth/sessions", headers=bearer(tokens)).get_json()["data"]
+    return next(s["id"] for s in sessions if s["current"])
+
+
+def test_ending_logins_announces_them_for_their_streams(http, db_session, make_user):
+    user = make_user()
+    first, second = login(http, user.email), login(http, user.email)
+    first_session = current_session_of(http, first)
+
+    def announced() -> list[list[str]]:
+        rows = db_session.execute(
+            text("SELECT payload FROM outbox WHERE name = 'auth.sessions_ended' ORDER BY id")
+        ).scalars()
+        return [
+            json.loads(row)["sessionIds"] if isinstance(row, str) else row["sessionIds"]
+            for row in rows
+        ]
+
+    assert http.post("/v1/auth/logout", headers=bearer(first)).status_code == 204
+    assert announced() == [[first_session]]
+    second_session = current_session_of(http, second)
+    changed = http.post(
+        "/v1/auth/password",
+        json={"currentPassword": PASSWORD, "newPassword": "a-new-password-1"},
+        headers=bearer(second),
+    )
+    assert changed.status_code == 204, changed.get_json()
+    assert announced()[-1] == [second_session]  # every open login of the user (one was left)

@@ -42,7 +42,7 @@ def committed(database_url) -> Iterator[None]:
         "DELETE FROM jobs",
         "DELETE FROM event_receipts",
         "DELETE FROM outbox",
-        "DELETE FROM audit_logs WHERE target_type = 'file' OR action = 'EXPORT'",
+        "DELETE FROM audit_logs WHERE target_type IN ('file', 'auth_session') OR action = 'EXPORT'",
         f"DELETE FROM users WHERE email LIKE '%@{DOMAIN}'",  # noqa: S608
     ):
         sql(database_url, statement)
@@ -217,3 +217,20 @@ def test_the_users_export_runs_as_a_job_and_reports_progress_on_the_owners_strea
     phones = [row[3] for row in rows[1:] if row[3]]
     assert phones and all(phone.startswith("***-****-") for phone in phones)
     assert http.get(f"/v1/files/{file_id}/content", headers=bearer(plain_tokens)).status_code == 404
+
+
+def test_logging_out_ends_the_logins_open_event_stream_through_the_worker(
+    bg_app, backend, password_hash, committed
+):
+    if backend.name != "local":
+        pytest.skip("storage plays no part here")
+    user = add_user(bg_app, password_hash)
+    http = bg_app.test_client()
+    tokens = login(http, user.email, PASSWORD)
+    stream = http.get("/v1/events/stream", headers=bearer(tokens), buffered=False)
+    reader = SSEReader(stream.response, stream.close)
+    reader.next()  # connected
+    logged_out = time.monotonic()
+    assert http.post("/v1/auth/logout", headers=bearer(tokens)).status_code == 204
+    assert reader.ended.wait(15), "the stream outlived the logout"
+    assert time.monotonic() - logged_out < 15
