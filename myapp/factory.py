@@ -35,6 +35,7 @@ from myapp.core.redis import create_redis, init_redis
 from myapp.core.storage import init_storage
 from myapp.core.streams import init_streams
 from myapp.core.tasks import init_celery
+from myapp.events.cli import events_cli
 from myapp.events.routes import blp as events_blp
 from myapp.extensions import cache, db, jwt, migrate, socketio
 from myapp.files.routes import blp as files_blp
@@ -194,6 +195,7 @@ def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(crypto_cli)
     app.cli.add_command(flags_cli)
+    app.cli.add_command(events_cli)
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:

@@ -184,3 +184,15 @@ def test_ending_logins_announces_them_for_their_streams(http, db_session, make_u
     )
     assert changed.status_code == 204, changed.get_json()
     assert announced()[-1] == [second_session]  # every open login of the user (one was left)
+
+
+def test_a_notification_from_the_command_line_reaches_the_users_stream(http, sse_app, make_user):
+    user = make_user()
+    _, reader = open_stream(http, bearer(login(http, user.email)))
+    reader.next()
+    result = sse_app.test_cli_runner().invoke(args=["events", "notify", str(user.id), "Hello"])
+    assert result.exit_code == 0, result.output
+    message = reader.next_event()
+    assert (message.event, message.data) == ("notification", {"message": "Hello"})
+    assert result.output.strip() == f"sent: {message.id}"
+    reader.stop()
