@@ -17,6 +17,7 @@ from myapp.audit.routes import blp as audit_blp
 from myapp.auth import caller, tickets, tokens
 from myapp.auth import service as auth_service
 from myapp.auth.routes import blp as auth_blp
+from myapp.chat.routes import blp as chat_blp
 from myapp.cli import register_cli, register_seeder
 from myapp.core import admission, bodies, context, guards, idempotency, pipeline, security
 from myapp.core import db as database
@@ -69,6 +70,7 @@ BLUEPRINTS = (
     files_blp,
     jobs_blp,
     events_blp,
+    chat_blp,
 )
 #: Job kind -> the function a worker runs for it (see myapp/jobs/service.py).
 JOB_RUNNERS = {users_service.EXPORT_KIND: users_export.run_export}

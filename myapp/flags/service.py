@@ -25,7 +25,7 @@ SEED_FLAGS = {
     "auth.registration": (True, True, "Self-service sign-up at POST /v1/auth/register"),
     "users.export": (False, True, "CSV export of users (POST /v1/users/export)"),
     "files.upload": (False, True, "File uploads (POST /v1/files)"),
-    "chat": (False, False, "Rooms and realtime chat"),
+    "chat": (False, True, "Rooms and realtime chat"),
 }
 
 

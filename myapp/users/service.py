@@ -405,3 +405,14 @@ def start_export(*, actor: Actor) -> uuid.UUID:
             after={"jobId": str(job.id), "phones": "full" if full else "masked"},
         )
         return job.id
+
+
+def names_of(*, user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Display names of the given users that are not deleted (one statement)."""
+    wanted = list(user_ids)
+    if not wanted:
+        return {}
+    rows = db.session.execute(
+        select(User.id, User.name).where(User.id.in_(wanted), User.deleted_at.is_(None))
+    )
+    return {user_id: name for user_id, name in rows}

@@ -167,7 +167,11 @@ def test_ending_logins_announces_them_for_their_streams(http, db_session, make_u
 
     def announced() -> list[list[str]]:
         rows = db_session.execute(
-            text("SELECT payload FROM outbox WHERE name = 'auth.sessions_ended' ORDER BY id")
+            text(
+                "SELECT payload FROM outbox WHERE name = 'auth.sessions_ended'"
+                " AND aggregate_id = :user_id ORDER BY id"  # this user's (tests run in parallel)
+            ),
+            {"user_id": str(user.id)},
         ).scalars()
         return [
             json.loads(row)["sessionIds"] if isinstance(row, str) else row["sessionIds"]

@@ -1,0 +1,1 @@
+"""Chat: rooms, members, messages stored exactly once per clientMsgId, cursor history."""
