@@ -71,9 +71,6 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Remove the blob; a missing one is fine."""
 
-    def exists(self, key: str) -> bool:
-        """True when a committed blob is stored under `key`."""
-
     def list_blobs(self) -> Iterator[StoredBlob]:
         """Every committed blob (for the orphan sweep)."""
 
@@ -150,10 +147,6 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         """Remove the blob; a missing one is fine."""
         self._path(key).unlink(missing_ok=True)
-
-    def exists(self, key: str) -> bool:
-        """True when a committed blob is stored under `key`."""
-        return self._path(key).is_file()
 
     def list_blobs(self) -> Iterator[StoredBlob]:
         """Every committed blob."""

@@ -23,7 +23,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from myapp.core.blobs import BlobWriter, StorageError, StoredBlob
 from myapp.settings import Settings
 
-_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+
+@contextlib.contextmanager
+def _failures_as_storage_error(action: str) -> Iterator[None]:
+    """boto3's errors become `StorageError` (503 in requests, retried in tasks), naming
+    the action and the error type only (messages may hold bucket names and keys)."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as error:
+        raise StorageError(f"S3 {action} failed: {type(error).__name__}") from None
 
 
 class _S3Writer:
@@ -40,7 +48,7 @@ class _S3Writer:
 
     def _send_part(self) -> None:
         store = self._store
-        try:
+        with _failures_as_storage_error("upload"):
             if self._upload_id is None:
                 started = store.client.create_multipart_upload(
                     **store.object_args(self._key),
@@ -55,14 +63,12 @@ class _S3Writer:
                 PartNumber=number,
                 Body=bytes(self._buffer),
             )
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 upload failed: {type(error).__name__}") from None
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
         self._buffer.clear()
 
     def commit(self) -> None:
         store = self._store
-        try:
+        with _failures_as_storage_error("upload"):
             if self._upload_id is None:
                 store.client.put_object(
                     **store.object_args(self._key),
@@ -79,8 +85,6 @@ class _S3Writer:
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 upload failed: {type(error).__name__}") from None
 
     def abort(self) -> None:
         self._buffer.clear()
@@ -163,10 +167,8 @@ class S3Storage:
     def read(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The bytes `start..end` (inclusive), opened now, read lazily."""
         wanted = f"bytes={start}-{'' if end is None else end}"
-        try:
+        with _failures_as_storage_error("read"):
             answer = self.client.get_object(**self.object_args(key), Range=wanted)
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 read failed: {type(error).__name__}") from None
         return self._chunks(answer["Body"])
 
     def _chunks(self, body: Any) -> Iterator[bytes]:
@@ -177,29 +179,15 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         """Remove the blob; a missing one is fine."""
-        try:
+        with _failures_as_storage_error("delete"):
             self.client.delete_object(**self.object_args(key))
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 delete failed: {type(error).__name__}") from None
-
-    def exists(self, key: str) -> bool:
-        """True when a committed blob is stored under `key`."""
-        try:
-            self.client.head_object(**self.object_args(key))
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in _MISSING:
-                return False
-            raise StorageError(f"S3 head failed: {type(error).__name__}") from None
-        except BotoCoreError as error:
-            raise StorageError(f"S3 head failed: {type(error).__name__}") from None
-        return True
 
     def list_blobs(self) -> Iterator[StoredBlob]:
         """Every committed blob."""
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix
         )
-        try:
+        with _failures_as_storage_error("list"):
             for page in pages:
                 for item in page.get("Contents", ()):
                     yield StoredBlob(
@@ -207,13 +195,11 @@ class S3Storage:
                         size=item["Size"],
                         modified_at=item["LastModified"],
                     )
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 list failed: {type(error).__name__}") from None
 
     def discard_incomplete(self, older_than: datetime) -> int:
         """Abort multipart uploads begun before `older_than` (a killed writer's)."""
         aborted = 0
-        try:
+        with _failures_as_storage_error("list"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self.prefix
             )
@@ -224,8 +210,6 @@ class S3Storage:
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
                         aborted += 1
-        except (BotoCoreError, ClientError) as error:
-            raise StorageError(f"S3 list failed: {type(error).__name__}") from None
         return aborted
 
     def ensure_bucket(self) -> None:

@@ -172,7 +172,10 @@ def forbid_caching_credentials(response: Response) -> Response:
     with `Authorization`) and on every answer of a route that hands out credentials. Other
     directives the view set (an event stream's `no-cache`) are kept."""
     if current_route_policy().credentials or "Authorization" in request.headers:
-        response.cache_control.no_store = True
+        if "Cache-Control" in response.headers:
+            response.cache_control.no_store = True
+        else:
+            response.headers["Cache-Control"] = "no-store"  # the common case: no parsing
     return response
 
 

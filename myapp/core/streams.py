@@ -115,11 +115,21 @@ class ShutdownError(Exception):
     """The process is shutting down: end the stream so the client reconnects elsewhere."""
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamMetrics:
+    published: Any
+    errors: Any
+    open_streams: Any
+
+
 class StreamHub:
     """The process's one reader of every connected user's stream."""
 
-    def __init__(self, client: Redis, prefix: str, settings: Settings) -> None:
+    def __init__(
+        self, client: Redis, prefix: str, settings: Settings, metrics: _StreamMetrics
+    ) -> None:
         self.client = client
+        self.metrics = metrics
         self.prefix = prefix
         self.maxlen = settings.sse_stream_maxlen
         self.ttl = settings.sse_stream_ttl_seconds
@@ -268,27 +278,18 @@ class StreamHub:
                 subscription.deliver(event)
 
 
-@dataclass(frozen=True, slots=True)
-class _StreamMetrics:
-    published: Any
-    errors: Any
-    open_streams: Any
-
-
 def init_streams(app: Flask, client: Redis, settings: Settings) -> StreamHub:
     """Give `app` its hub (started on the first subscription) and the stream metrics."""
-    hub = StreamHub(client, settings.redis_prefix, settings)
-    _HUBS.add(hub)
-    app.extensions[_EXTENSION] = (
-        hub,
-        _StreamMetrics(
-            published=app_counter(app, "sse_events_published_total", "Events published", ("type",)),
-            errors=app_counter(app, "sse_publish_errors_total", "Events lost: Redis down"),
-            open_streams=app_gauge(
-                app, "sse_open_streams", "Event streams open", multiprocess_mode="livesum"
-            ),
+    metrics = _StreamMetrics(
+        published=app_counter(app, "sse_events_published_total", "Events published", ("type",)),
+        errors=app_counter(app, "sse_publish_errors_total", "Events lost: Redis down"),
+        open_streams=app_gauge(
+            app, "sse_open_streams", "Event streams open", multiprocess_mode="livesum"
         ),
     )
+    hub = StreamHub(client, settings.redis_prefix, settings, metrics)
+    _HUBS.add(hub)
+    app.extensions[_EXTENSION] = hub
     return hub
 
 
@@ -301,22 +302,19 @@ def shutdown_streams() -> None:
 
 def stream_hub() -> StreamHub:
     """The current app's hub."""
-    return current_app.extensions[_EXTENSION][0]
-
-
-def _metrics() -> _StreamMetrics:
-    return current_app.extensions[_EXTENSION][1]
+    return current_app.extensions[_EXTENSION]
 
 
 def publish(user_id: str, event_type: str, data: dict[str, Any]) -> str | None:
     """Send an event to a user's stream; None (logged, counted) when Redis is down."""
+    hub = stream_hub()
     try:
-        entry_id = stream_hub().publish(user_id, event_type, data)
+        entry_id = hub.publish(user_id, event_type, data)
     except redis.exceptions.RedisError as error:
-        _metrics().errors.inc()
+        hub.metrics.errors.inc()
         log.warning("sse.publish_failed", event_type=event_type, error_type=type(error).__name__)
         return None
-    _metrics().published.labels(event_type).inc()
+    hub.metrics.published.labels(event_type).inc()
     return entry_id
 
 
@@ -343,7 +341,7 @@ def sse_body(
     """
     return _EventStreamBody(
         subscription,
-        _metrics().open_streams,
+        subscription.hub.metrics.open_streams,
         session_id=session_id,
         heartbeat=heartbeat,
         retry_ms=retry_ms,

@@ -77,8 +77,9 @@ def init_jobs(app: Flask, runners: Mapping[str, Runner]) -> None:
     app.extensions[_RUNNERS] = dict(runners)
 
 
-def _runner(kind: str) -> Runner:
-    return current_app.extensions[_RUNNERS][kind]
+def job_runners() -> Mapping[str, Runner]:
+    """The current app's runner of each job kind."""
+    return current_app.extensions[_RUNNERS]
 
 
 def _notify(job: JobRun, event_type: str, **data: Any) -> None:
@@ -87,7 +88,7 @@ def _notify(job: JobRun, event_type: str, **data: Any) -> None:
 
 def start_job(*, kind: str, owner_id: uuid.UUID, params: Mapping[str, Any] | None = None) -> Job:
     """Queue a job of `kind` for `owner_id`, inside the caller's unit of work."""
-    if kind not in current_app.extensions[_RUNNERS]:
+    if kind not in job_runners():
         raise ValueError(f"no runner for job kind {kind!r}")
     job = Job(owner_id=owner_id, kind=kind, params=dict(params or {}), status=JobStatus.QUEUED)
     db.session.add(job)
@@ -127,7 +128,7 @@ def run_job(*, job_id: uuid.UUID) -> bool:
             progress = Progress(run)
             _notify(run, "job.progress", progress=0)
             with unit_of_work():
-                result = _runner(run.kind)(run, progress)
+                result = job_runners()[run.kind](run, progress)
                 db.session.execute(
                     update(Job)
                     .where(Job.id == run.id)
