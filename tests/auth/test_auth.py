@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 from flask_jwt_extended import create_access_token
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from myapp.audit.models import AuditLog
 from myapp.auth.models import RefreshToken
@@ -20,8 +20,14 @@ from myapp.users.models import Role, User
 from tests.conftest import PASSWORD, bearer, login
 
 
-def audit_rows(db_session, action: str) -> list[AuditLog]:
-    return list(db_session.execute(select(AuditLog).where(AuditLog.action == action)).scalars())
+def audit_rows(db_session, action: str, user_id=None) -> list[AuditLog]:
+    """Rows of `action` (about or by `user_id` when given: other tests commit theirs)."""
+    statement = select(AuditLog).where(AuditLog.action == action)
+    if user_id is not None:
+        statement = statement.where(
+            or_(AuditLog.actor_id == user_id, AuditLog.target_id == str(user_id))
+        )
+    return list(db_session.execute(statement).scalars())
 
 
 def me(client, tokens) -> tuple[int, dict]:
@@ -288,9 +294,9 @@ def test_login_audit_rows(client, make_user, db_session):
     client.post("/v1/auth/login", json={"email": "aud@example.com", "password": "wrong-password"})
     tokens = login(client, "aud@example.com")
     client.post("/v1/auth/logout", headers=bearer(tokens))
-    (failed,) = audit_rows(db_session, "LOGIN_FAILED")
-    (ok,) = audit_rows(db_session, "LOGIN")
-    (out,) = audit_rows(db_session, "LOGOUT")
+    (failed,) = audit_rows(db_session, "LOGIN_FAILED", user.id)
+    (ok,) = audit_rows(db_session, "LOGIN", user.id)
+    (out,) = audit_rows(db_session, "LOGOUT", user.id)
     assert failed.target_id == str(user.id) and failed.actor_type == "anonymous"
     assert ok.actor_id == user.id and ok.ip == "127.0.0.1" and ok.request_id
     assert out.actor_id == user.id and out.target_type == "auth_session"
