@@ -57,16 +57,19 @@ def post_worker_init(worker):
 
     For `SHUTDOWN_DRAIN_SECONDS` the worker keeps serving (the load balancer notices the
     failing readiness probe and stops routing here), then it stops accepting and lets
-    in-flight requests finish within `graceful_timeout`; event streams end at that point.
+    in-flight requests finish within `graceful_timeout`; event streams end at that point,
+    and sockets are told `server:shutdown`, given a grace period, then disconnected.
     """
     import gevent
 
+    from myapp.core.realtime import shutdown_realtime
     from myapp.core.streams import shutdown_streams
     from myapp.health.service import start_draining
 
     def stop():
         worker.alive = False  # stop accepting; in-flight requests get `graceful_timeout`
         shutdown_streams()  # event streams would never finish by themselves: end them
+        shutdown_realtime()  # sockets: `server:shutdown`, a grace period, then disconnect
 
     def drain(signum, frame):
         start_draining()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from gevent import monkey
 from redis import Redis
 
 from myapp.audit.routes import blp as audit_blp
@@ -18,6 +17,7 @@ from myapp.auth import caller, tickets, tokens
 from myapp.auth import service as auth_service
 from myapp.auth.routes import blp as auth_blp
 from myapp.chat.routes import blp as chat_blp
+from myapp.chat.sockets import ChatNamespace, init_chat_metrics
 from myapp.cli import register_cli, register_seeder
 from myapp.core import admission, bodies, context, guards, idempotency, pipeline, security
 from myapp.core import db as database
@@ -32,6 +32,7 @@ from myapp.core.logging import configure_logging, log_access
 from myapp.core.metrics import register_metrics
 from myapp.core.outbox import init_outbox
 from myapp.core.ratelimit import limiter_config, register_ratelimit
+from myapp.core.realtime import init_realtime, realtime
 from myapp.core.redis import create_redis, init_redis
 from myapp.core.storage import init_storage
 from myapp.core.streams import init_streams
@@ -166,15 +167,7 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
     jwt.init_app(app)
     security.register_security(app, settings)
     redis = init_redis(app, settings)
-    socketio.init_app(
-        app,
-        message_queue=settings.redis_url,
-        channel=f"{settings.redis_prefix}socketio",
-        async_mode="gevent" if monkey.is_module_patched("socket") else "threading",
-        cors_allowed_origins=settings.cors_origins,
-        logger=False,
-        engineio_logger=False,
-    )
+    init_realtime(app, socketio, settings)
     celery = init_celery(app, settings, PERIODIC_JOBS)
     celery.conf.imports = TASK_MODULES
     init_dead_letters(app)
@@ -189,6 +182,9 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
 def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     """What domains plug into the platform and into each other; their commands."""
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
+    realtime(app).login_check = auth_service.open_logins
+    socketio.on_namespace(ChatNamespace())
+    init_chat_metrics(app)
     init_flag_cache(app, redis, settings.redis_prefix)
     init_crypto(app, settings)
     jobs_service.init_jobs(app, JOB_RUNNERS)

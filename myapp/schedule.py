@@ -18,4 +18,6 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("expire-events", "maintenance.expire_events", 600.0),
     # Blobs no file row names, and deleted files whose removal did not finish.
     PeriodicJob("files-sweep", "files.sweep", crontab(minute=41)),
+    # Chat rooms whose accepted messages waited over 30 s (their persist task was lost).
+    PeriodicJob("chat-sweep-inboxes", "chat.sweep_inboxes", 60.0, queue="chat"),
 )

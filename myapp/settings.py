@@ -278,6 +278,13 @@ class Settings(BaseSettings):
     sse_ticket_ttl_seconds: int = Field(60, ge=5, le=600)
     sse_retry_ms: int = Field(3000, ge=100)
 
+    chat_send_limit: str = "20 per 10 seconds"
+    chat_event_limit: str = "100 per 10 seconds"
+    presence_ttl_seconds: int = Field(60, ge=5)
+    realtime_login_check_seconds: float = Field(2.0, gt=0)
+    realtime_shutdown_grace_seconds: float = Field(2.0, ge=0)
+    realtime_max_message_bytes: int = Field(64 * 1024, ge=4096)
+
     @_model_validator(mode="before")
     @classmethod
     def _apply_profile_defaults(cls, data: Any) -> Any:

@@ -28,5 +28,6 @@ TASK_MODULES = (
     "myapp.users.tasks",
     "myapp.files.tasks",
     "myapp.jobs.tasks",
+    "myapp.chat.tasks",
     "myapp.core.maintenance",
 )

@@ -21,13 +21,14 @@ from myapp.core import events, passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
 from myapp.core.db import new_id, retry_on_disconnect, unit_of_work
 from myapp.core.errors import AppError
-from myapp.core.guards import deny_token
+from myapp.core.guards import deny_token, is_denied
 from myapp.core.permissions import permissions_for
 from myapp.extensions import db
 from myapp.users import service as users_service
 
 #: Emitted when logins end (logout, revoked, all of a user's): open streams of those end.
 SESSIONS_ENDED = "auth.sessions_ended"
+_CHUNK = 5000  # session ids per statement in `open_logins`
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,38 @@ def resolve_caller(*, credentials: Credentials) -> tuple[Actor, Any]:
         session_id=credentials.session_id,
     )
     return actor, user
+
+
+def authenticate_token(token: str) -> Actor:
+    """The actor behind an access token presented outside a request (a socket connect):
+    the same checks as the request pipeline, in the same order (signature, expiry, type;
+    the denylist; token version and login session with the user, in one statement)."""
+    credentials = tokens.verify_access(token)
+    if is_denied(credentials.token_id):
+        raise AppError("AUTH_TOKEN_REVOKED")
+    actor, _ = resolve_caller(credentials=credentials)
+    return actor
+
+
+def open_logins(session_ids: set[str]) -> set[str]:
+    """Of these login sessions, the ones still open (one statement).
+
+    Everything that invalidates a user's tokens (logout, a revoked session, reuse
+    detection, a password or role change, suspension, deletion) ends their sessions, so
+    an open session means its tokens still count.
+    """
+    ids = sorted(uuid.UUID(session_id) for session_id in session_ids)
+    still_open: set[str] = set()
+    for start in range(0, len(ids), _CHUNK):
+        rows = db.session.execute(
+            select(AuthSession.id).where(
+                AuthSession.id.in_(ids[start : start + _CHUNK]),
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > func.now(),
+            )
+        ).scalars()
+        still_open.update(str(session_id) for session_id in rows)
+    return still_open
 
 
 def change_password(*, current_password: str, new_password: str) -> None:

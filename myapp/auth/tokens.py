@@ -130,11 +130,16 @@ def read_bearer_token() -> None:
         g.credentials_error = AppError("AUTH_TOKEN_INVALID", "Use `Authorization: Bearer`.")
         return
     try:
-        claims = verify(header[len(BEARER_PREFIX) :].strip(), expected_type="access")
+        g.credentials = verify_access(header[len(BEARER_PREFIX) :].strip())
     except AppError as error:
         g.credentials_error = error
-        return
-    g.credentials = Credentials(
+
+
+def verify_access(encoded: str) -> Credentials:
+    """The credentials an access token carries (AppError with the catalog code if it is
+    not a valid one). No I/O: whether it still counts is decided afterwards."""
+    claims = verify(encoded, expected_type="access")
+    return Credentials(
         user_id=str(claims["sub"]),
         session_id=str(claims["fam"]),
         token_id=str(claims["jti"]),

@@ -6,8 +6,10 @@ import marshmallow as ma
 
 from myapp.chat.models import Visibility
 from myapp.core.api import Schema
+from myapp.core.bodies import is_clean_text
 
 NAME = ma.validate.Length(min=1, max=100)
+MAX_BODY = 4000  # characters of a message
 
 
 class RoomCreateSchema(Schema):
@@ -90,3 +92,44 @@ def present_message(message: object) -> dict:
         "created_at": message.created_at,
         "deleted_at": message.deleted_at,
     }
+
+
+def _clean(text: str) -> bool:
+    if not is_clean_text(text):
+        raise ma.ValidationError("Text must not contain NUL or unpaired surrogates.")
+    return True
+
+
+class RoomRefSchema(Schema):
+    """`chat:join`, `chat:leave`: which room."""
+
+    room_id = ma.fields.UUID(required=True)
+
+
+class SendSchema(Schema):
+    """`chat:send`: a message for a room, with the client's own id for it."""
+
+    room_id = ma.fields.UUID(required=True)
+    client_msg_id = ma.fields.String(
+        required=True, validate=[ma.validate.Length(min=1, max=64), _clean]
+    )
+    body = ma.fields.String(
+        required=True, validate=[ma.validate.Length(min=1, max=MAX_BODY), _clean]
+    )
+
+
+class DeleteSchema(Schema):
+    """`chat:delete`: which message."""
+
+    message_id = ma.fields.UUID(required=True)
+
+
+class LiveMessageSchema(Schema):
+    """`chat:message`: a message just stored, as the room receives it."""
+
+    id = ma.fields.UUID(required=True)
+    room_id = ma.fields.UUID(required=True)
+    sender_id = ma.fields.UUID(required=True)
+    client_msg_id = ma.fields.String(required=True)
+    body = ma.fields.String(required=True)
+    created_at = ma.fields.DateTime(required=True)

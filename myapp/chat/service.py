@@ -14,22 +14,32 @@ the caller whether this call stored it (only then is it broadcast).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DataError, IntegrityError
 
-from myapp.chat import presence
+from myapp.audit import service as audit
+from myapp.chat import inbox, presence
+from myapp.chat.inbox import Accepted
 from myapp.chat.models import MemberRole, Message, Room, RoomMember, Visibility
 from myapp.core.context import Actor
 from myapp.core.db import unit_of_work
 from myapp.core.errors import AppError
+from myapp.core.locks import distributed_lock
+from myapp.core.logging import get_logger
+from myapp.core.permissions import CHAT_MODERATE
 from myapp.extensions import db
 from myapp.users import service as users_service
 
+log = get_logger(__name__)
 MAX_PAGE = 100
+_BATCH = 100  # waiting messages stored per transaction
+_LOCK_WAIT = 10.0  # seconds a worker waits for another one to finish a room
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,47 +279,133 @@ def mark_read(*, room_id: uuid.UUID, message_id: uuid.UUID, actor: Actor) -> Non
         )
 
 
-def store_message(  # noqa: PLR0913 - the fields of one accepted message
-    *,
-    message_id: uuid.UUID,
-    room_id: uuid.UUID,
-    sender_id: uuid.UUID,
-    client_msg_id: str,
-    body: str,
-    accepted_at: datetime,
-) -> StoredMessage | None:
-    """Worker: store an accepted message once; the message if this call stored it, None
-    for a duplicate (same sender, room and `client_msg_id`: never stored or sent twice)."""
+def store_messages(messages: list[Accepted]) -> list[StoredMessage]:
+    """Worker: store accepted messages (one transaction); those this call stored, in id
+    order. A message whose `(room, sender, client_msg_id)` is already stored (a retry, a
+    reconnect) is skipped: stored once, ever, and never announced twice."""
+    if not messages:
+        return []
+    by_id = {message.id: message for message in messages}
     with unit_of_work():
-        stored = db.session.execute(
-            insert(Message)
-            .values(
-                id=message_id,
-                room_id=room_id,
-                sender_id=sender_id,
-                client_msg_id=client_msg_id,
-                body=body,
-                created_at=accepted_at,
-            )
-            .on_conflict_do_nothing(index_elements=["room_id", "sender_id", "client_msg_id"])
-            .returning(Message.id)
-        ).scalar_one_or_none()
-        if stored is None:
-            return None
-        db.session.execute(
-            update(Room)
-            .where(Room.id == room_id)
-            .values(
-                last_message_at=func.greatest(
-                    func.coalesce(Room.last_message_at, accepted_at), accepted_at
+        inserted = set(
+            db.session.execute(
+                insert(Message)
+                .values(
+                    [
+                        {
+                            "id": m.id,
+                            "room_id": m.room_id,
+                            "sender_id": m.sender_id,
+                            "client_msg_id": m.client_msg_id,
+                            "body": m.body,
+                            "created_at": m.accepted_at,
+                        }
+                        for m in messages
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["room_id", "sender_id", "client_msg_id"])
+                .returning(Message.id)
+            ).scalars()
+        )
+        if inserted:
+            newest = max(by_id[message_id].accepted_at for message_id in inserted)
+            room_id = messages[0].room_id
+            db.session.execute(
+                update(Room)
+                .where(Room.id == room_id)
+                .values(
+                    last_message_at=func.greatest(
+                        func.coalesce(Room.last_message_at, newest), newest
+                    )
                 )
             )
+    return [
+        StoredMessage(
+            id=m.id,
+            room_id=m.room_id,
+            sender_id=m.sender_id,
+            client_msg_id=m.client_msg_id,
+            body=m.body,
+            created_at=m.accepted_at,
+        )
+        for m in sorted(messages, key=lambda m: m.id)
+        if m.id in inserted
+    ]
+
+
+def persist_waiting(*, room_id: uuid.UUID, announce: Callable[[list[StoredMessage]], None]) -> int:
+    """Worker: store a room's waiting messages, oldest first, and `announce` each batch
+    once committed; how many were stored. One worker at a time per room (a lock), so a
+    room's messages are stored, and announced, in id order."""
+    stored = 0
+    with distributed_lock(f"chat:room:{room_id}", ttl=30, wait=_LOCK_WAIT, auto_extend=True):
+        while batch := inbox.oldest(room_id, _BATCH):
+            new = _store_or_drop(batch)
+            inbox.done(room_id, batch)
+            if new:
+                announce(new)
+            stored += len(new)
+    return stored
+
+
+def _store_or_drop(batch: list[Accepted]) -> list[StoredMessage]:
+    """Store a batch; if one message can never be stored (its room or sender was deleted
+    meanwhile), store the others one by one and drop that one, so a room's inbox never
+    stays blocked behind it."""
+    try:
+        return store_messages(batch)
+    except (IntegrityError, DataError):
+        pass
+    stored: list[StoredMessage] = []
+    for message in batch:
+        try:
+            stored += store_messages([message])
+        except (IntegrityError, DataError) as error:
+            log.warning(
+                "chat.message_dropped",
+                room_id=str(message.room_id),
+                message_id=str(message.id),
+                error_type=type(error).__name__,
+            )
+    return stored
+
+
+def delete_message(*, message_id: uuid.UUID, actor: Actor) -> StoredMessage:
+    """Moderator: soft-delete a message (it keeps its place in history, not its text)."""
+    if not actor.can(CHAT_MODERATE):
+        raise AppError("FORBIDDEN", f"Requires permission {CHAT_MODERATE}.")
+    with unit_of_work():
+        message = db.session.get(Message, message_id)
+        if message is None:
+            raise AppError("NOT_FOUND", "No such message.")
+        if message.deleted_at is None:
+            message.deleted_at = datetime.now(UTC)
+        audit.record(
+            action=audit.AuditAction.DELETE,
+            target_type="message",
+            target_id=message.id,
+            actor=actor,
         )
     return StoredMessage(
-        id=message_id,
-        room_id=room_id,
-        sender_id=sender_id,
-        client_msg_id=client_msg_id,
-        body=body,
-        created_at=accepted_at,
+        id=message.id,
+        room_id=message.room_id,
+        sender_id=message.sender_id,
+        client_msg_id=message.client_msg_id,
+        body=message.body,
+        created_at=message.created_at,
+        deleted_at=message.deleted_at,
     )
+
+
+def room_ids_of(*, user_id: uuid.UUID) -> list[uuid.UUID]:
+    """The rooms a user belongs to (who hears about their presence)."""
+    return list(
+        db.session.execute(
+            select(RoomMember.room_id).where(RoomMember.user_id == user_id)
+        ).scalars()
+    )
+
+
+def is_member(*, room_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Whether the user belongs to the room (unknown rooms: False)."""
+    return _membership(room_id, user_id) is not None

@@ -97,6 +97,16 @@ def deny_token(token_id: str, expires_at: int) -> None:
     redis_client().set(denylist_key(token_id), "1", ex=ttl)
 
 
+def is_denied(token_id: str) -> bool:
+    """Whether this access token was revoked (logout). Redis down: not known, so False
+    (the login session check in PostgreSQL still refuses a logged-out token)."""
+    try:
+        return bool(redis_client().exists(denylist_key(token_id)))
+    except redis.exceptions.RedisError:
+        log.warning("denylist.unavailable")
+        return False
+
+
 def _budget_scope() -> str | None:
     """`user:<id>` or `ip:<address>`, or None when this request spends no budget."""
     settings = current_settings()

@@ -12,6 +12,7 @@ AUDIT_READ = "audit:read"
 FLAGS_READ = "flags:read"
 FLAGS_WRITE = "flags:write"
 FILES_MANAGE = "files:manage"  # anybody's files: read and delete
+CHAT_MODERATE = "chat:moderate"  # delete anybody's chat messages
 
 ALL_PERMISSIONS = frozenset(
     {
@@ -23,6 +24,7 @@ ALL_PERMISSIONS = frozenset(
         FLAGS_READ,
         FLAGS_WRITE,
         FILES_MANAGE,
+        CHAT_MODERATE,
     }
 )
 

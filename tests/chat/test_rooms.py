@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from myapp.chat import service
+from myapp.chat.inbox import Accepted
 from myapp.chat.presence import presence_key
 from myapp.core.db import new_id
 from tests.conftest import bearer, login, redis_of
@@ -21,15 +22,18 @@ def make_room(client, tokens, name="general", visibility="public") -> dict:
 
 def send(app, room_id, sender_id, text: str, client_msg_id: str | None = None):
     """What the worker does with an accepted message (the id is given at acceptance)."""
+    message = Accepted(
+        entry_id="0-0",
+        id=new_id(),
+        room_id=uuid.UUID(str(room_id)),
+        sender_id=uuid.UUID(str(sender_id)),
+        client_msg_id=client_msg_id or uuid.uuid4().hex,
+        body=text,
+        accepted_at=datetime.now(UTC),
+    )
     with app.app_context():
-        return service.store_message(
-            message_id=new_id(),
-            room_id=uuid.UUID(str(room_id)),
-            sender_id=uuid.UUID(str(sender_id)),
-            client_msg_id=client_msg_id or uuid.uuid4().hex,
-            body=text,
-            accepted_at=datetime.now(UTC),
-        )
+        stored = service.store_messages([message])
+    return stored[0] if stored else None
 
 
 def test_rooms_membership_and_privacy(client, make_user):
