@@ -280,7 +280,7 @@ class Settings(BaseSettings):
 
     chat_send_limit: str = "20 per 10 seconds"
     chat_event_limit: str = "100 per 10 seconds"
-    presence_ttl_seconds: int = Field(60, ge=5)
+    presence_ttl_seconds: int = Field(60, ge=2)
     realtime_login_check_seconds: float = Field(2.0, gt=0)
     realtime_shutdown_grace_seconds: float = Field(2.0, ge=0)
     realtime_max_message_bytes: int = Field(64 * 1024, ge=4096)

@@ -39,7 +39,9 @@ from myapp.users import service as users_service
 log = get_logger(__name__)
 MAX_PAGE = 100
 _BATCH = 100  # waiting messages stored per transaction
-_LOCK_WAIT = 10.0  # seconds a worker waits for another one to finish a room
+#: A worker waits this long for another to finish a room, then retries later (the slot
+#: is free meanwhile); a worker that died holding a room frees it after `_LOCK_TTL`.
+_LOCK_WAIT, _LOCK_TTL = 2.0, 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +340,7 @@ def persist_waiting(*, room_id: uuid.UUID, announce: Callable[[list[StoredMessag
     once committed; how many were stored. One worker at a time per room (a lock), so a
     room's messages are stored, and announced, in id order."""
     stored = 0
-    with distributed_lock(f"chat:room:{room_id}", ttl=30, wait=_LOCK_WAIT, auto_extend=True):
+    with distributed_lock(f"chat:room:{room_id}", ttl=_LOCK_TTL, wait=_LOCK_WAIT, auto_extend=True):
         while batch := inbox.oldest(room_id, _BATCH):
             new = _store_or_drop(batch)
             inbox.done(room_id, batch)

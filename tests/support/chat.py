@@ -90,6 +90,20 @@ class ChatClient:
             if name == event:
                 return data
 
+    def until(self, stop: str, event: str, timeout: float = 10) -> list[Any]:
+        """Every `event` received before the first `stop` event (which must come)."""
+        found, deadline = [], time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                name, data = self.received.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if name == stop:
+                return found
+            if name == event:
+                found.append(data)
+        raise TimeoutError(f"no {stop!r} within {timeout} s")
+
     def drain(self, event: str, wait: float = 0.5) -> list[Any]:
         """Everything named `event` that arrives within `wait` s."""
         found, deadline = [], time.monotonic() + wait
