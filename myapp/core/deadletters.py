@@ -93,10 +93,20 @@ def _first_failure(task: Task, now: datetime) -> datetime:
         return now
 
 
-def record_failure(
-    *, task: Task, error: BaseException, args: list[Any], kwargs: dict[str, Any], einfo: Any
+def record_failure(  # noqa: PLR0913 - what Celery's on_failure hands over
+    *,
+    task: Task,
+    task_id: str,
+    error: BaseException,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    einfo: Any,
 ) -> None:
-    """Write (or, for a failed replay, update) the dead letter of a task that gave up."""
+    """Write (or, for a failed replay, update) the dead letter of a task that gave up.
+
+    `task_id` comes from Celery's failure callback: when the hard time limit kills a task
+    (gevent pool), `task.request` is no longer that task's.
+    """
     now = datetime.now(UTC)
     frames = _frames(einfo, error)
     fields = {
@@ -115,7 +125,7 @@ def record_failure(
         if letter is None:
             letter = DeadLetter(
                 id=new_id(),
-                task_id=task.request.id,
+                task_id=task_id,
                 task_name=task.name,
                 arguments_masked=mask_arguments({"args": args, "kwargs": kwargs}),
                 request_id=message_header(task.request, REQUEST_ID_HEADER) or current_request_id(),
@@ -138,7 +148,7 @@ def record_failure(
     log.error(
         "task.dead_lettered",
         task=task.name,
-        task_id=task.request.id,
+        task_id=task_id,
         dead_letter_id=str(letter.id),
         attempts=attempts,
         error_type=fields["error_type"],

@@ -300,7 +300,7 @@ class BaseTask(Task):
         arguments = {"args": list(args or ()), "kwargs": dict(kwargs or {})}
         try:
             with self.app.flask_app.app_context():
-                hook(task=self, error=exc, einfo=einfo, **arguments)
+                hook(task=self, task_id=task_id, error=exc, einfo=einfo, **arguments)
         except Exception as error:  # noqa: BLE001 - the database may be what failed
             # Not lost without a trace: this line names the task; its arguments stay out.
             log.error(

@@ -169,6 +169,27 @@ def test_a_task_that_keeps_failing_backs_off_lands_in_dead_letters_and_replays(
     assert [line["request_id"] for line in succeeded] == ["dlq-req-1"]
 
 
+def test_a_task_killed_by_its_hard_time_limit_leaves_a_dead_letter(make_app, database_url, shared):
+    app = make_app(celery_broker_url=shared.broker_url)
+    key = str(uuid.uuid4())
+    with app.app_context():
+        sent = celery_app().send_task("tests.hold_then_effect", args=[key, 30.0])  # limit: 3 s
+
+    def letter() -> list[tuple]:
+        return query(
+            database_url,
+            "SELECT task_id, error_type, arguments_masked FROM dead_letters"
+            " WHERE task_name = 'tests.hold_then_effect' AND task_id = %s",
+            sent.id,
+        )
+
+    wait_until(letter, 30, "the killed task's dead letter")
+    [(task_id, error_type, masked)] = letter()
+    assert error_type.endswith("TimeLimitExceeded")
+    assert masked == {"args": [key, 30.0], "kwargs": {}}
+    assert listed(app, "effect", key) == []
+
+
 def test_the_request_id_of_a_registration_reaches_its_subscriber_and_mail_goes_once(
     make_app, database_url, shared
 ):
