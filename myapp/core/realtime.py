@@ -144,11 +144,6 @@ class Realtime:
         """The accepted socket `sid`."""
         return self._connections.get(sid)
 
-    def of_user(self, user_id: str) -> list[Connection]:
-        """This process's sockets of one user."""
-        with self._lock:
-            return [c for c in self._connections.values() if c.user_id == user_id]
-
     @property
     def count(self) -> int:
         """Sockets connected to this process."""

@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 
 from myapp.auth import service as auth_service
+from myapp.auth import tokens
 from myapp.chat import service as chat_service
 from myapp.core.context import Actor
 from myapp.users import service as users_service
@@ -89,8 +90,6 @@ class ChatStack:
             pair = auth_service.login(email=email, password=PASSWORD)
         token = pair["access_token"]
         with self.app.app_context():
-            from myapp.auth import tokens  # noqa: PLC0415 - test helper
-
             return token, tokens.verify_access(token).session_id
 
     def room(self, owner: Person, *members: Person, visibility: str = "public") -> str:
