@@ -21,7 +21,7 @@ from myapp.core.context import Actor
 from myapp.users import service as users_service
 from tests.conftest import libpq_url, server_env
 from tests.support.chat import ChatClient
-from tests.support.servers import gunicorn
+from tests.support.servers import gunicorn, unused_port
 from tests.support.workers import Worker
 
 APP = "wsgi:app"
@@ -67,6 +67,7 @@ class ChatStack:
     bases: list[str] = field(default_factory=list)
     processes: list = field(default_factory=list)
     worker: Worker | None = None
+    worker_metrics_port: int = 0
     clients: list[ChatClient] = field(default_factory=list)
 
     @property
@@ -146,7 +147,14 @@ def served(app, database_url, tmp_path_factory) -> Iterator[ChatStack]:
         process, base = stack_exit.enter_context(served_realtime(stack))
         stack.bases.append(base)
         stack.processes.append(process)
-        stack.worker = Worker(database_url, tmp / "worker.log", name="chat", **FAST).wait_ready()
+        stack.worker_metrics_port = unused_port()
+        stack.worker = Worker(
+            database_url,
+            tmp / "worker.log",
+            name="chat",
+            WORKER_METRICS_PORT=str(stack.worker_metrics_port),
+            **FAST,
+        ).wait_ready()
         stack_exit.callback(stack.worker.stop)
         try:
             yield stack

@@ -4,6 +4,7 @@ gunicorn, a real worker, PostgreSQL and Redis."""
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -215,3 +216,37 @@ def test_an_admin_deletes_a_message_and_the_room_hears_of_it(stack):
     assert chat_member.next("chat:deleted") == {"id": message["id"], "roomId": room}
     _, history = rest(stack.base, "GET", f"/v1/rooms/{room}/messages", member.token)
     assert history["data"][0]["body"] is None and history["data"][0]["deletedAt"]
+
+
+def scrape(base: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:  # noqa: S310
+        lines = answer.read().decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in lines)
+        if name and not name.startswith("#")
+    }
+
+
+def test_sockets_events_acks_and_persist_latency_are_measured(stack):
+    person = stack.person()
+    room = stack.room(person)
+    before = scrape(stack.base)
+    chat = stack.joined(person, room)
+    send(chat, room, "measured")
+    chat.next("chat:message")
+    send(chat, room, "x" * 5, body="")  # an empty body fails validation
+
+    after = scrape(stack.base)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert after["socketio_connected_clients"] >= 1
+    assert grew('socketio_events_received_total{event="chat:join"}') == 1
+    assert grew('socketio_events_received_total{event="chat:send"}') == 2
+    assert grew('chat_send_acks_total{code="",status="ACCEPTED"}') == 1
+    assert grew('chat_send_acks_total{code="VALIDATION_FAILED",status="FAILED"}') == 1
+    worker = scrape(f"http://127.0.0.1:{stack.worker_metrics_port}")
+    assert worker["chat_persist_seconds_count"] >= 1
+    assert worker['socketio_events_sent_total{event="chat:message"}'] >= 1
