@@ -163,7 +163,7 @@ def test_after_a_redis_restart_messages_flow_again_within_seconds(isolated, tmp_
             with pytest.raises(RefusedError) as refused:  # fail closed while Redis is down
                 stack.client(a, base).connect()
             assert refused.value.data["data"]["code"] == "SERVICE_UNAVAILABLE"
-            time.sleep(1.0)
+            time.sleep(10.0)  # long enough for a doubling backoff to overshoot (1+2+4+8 s)
             redis.start()
             back = time.monotonic()
 
@@ -226,3 +226,26 @@ def test_a_user_whose_process_died_goes_offline_when_the_ttl_runs_out(isolated):
         assert online() is True  # nobody said goodbye: only the TTL ends it
         wait_until(lambda: not online(), 6, "the presence TTL to run out", interval=0.2)
         assert 2 <= time.monotonic() - killed < 5
+
+
+def test_an_idle_queue_connection_outliving_its_socket_timeout_keeps_delivering(isolated):
+    # Upstream's listener treats the socket timeout of an idle pub/sub connection as a
+    # failure: it reconnects with a backoff growing to 60 s and drops what came meanwhile.
+    stack = isolated
+    a, b = stack.person(), stack.person()
+    room = stack.room(a, b)
+    quick = {"REDIS_SOCKET_TIMEOUT": "1", "LOG_LEVEL": "INFO"}
+    with (
+        worker(stack, "w"),
+        served_realtime(stack, **quick) as (sender_side, base_1),
+        served_realtime(stack, **quick) as (receiver_side, base_2),
+    ):
+        chat_a, chat_b = stack.joined(a, room, base_1), stack.joined(b, room, base_2)
+        for n in range(3):
+            time.sleep(2.5)  # idle for longer than the socket timeout
+            sent = time.monotonic()
+            assert send(chat_a, room, f"idle-{n}")["status"] == "ACCEPTED"
+            assert chat_b.next("chat:message", timeout=3)["clientMsgId"] == f"idle-{n}"
+            assert time.monotonic() - sent < 3
+        for process in (sender_side, receiver_side):
+            assert "realtime.queue_unavailable" not in process.stderr_text()

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from myapp.settings import ConfigError, load_settings
-from tests.conftest import PROD_SECRETS
+from tests.conftest import PROD_SECRETS, uncovered_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -118,10 +118,12 @@ def test_reading_settings_does_not_import_the_database_driver():
         "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
         "assert 'gevent' not in sys.modules, 'gevent imported'\n"
     )
-    # Without the coverage measurement `make test` adds to subprocesses: it loads gevent.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=uncovered_environ(),
     )
     assert result.returncode == 0, result.stderr
 
