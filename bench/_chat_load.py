@@ -12,16 +12,17 @@ The parent gives the plan (a JSON file) and talks to this process over pipes: th
 writes one JSON object per line on stdout (`{"event": ...}`), and reads one command per line
 on stdin. Two modes:
 
-- `idle`: connect every token's client (`connect_concurrency` attempts in flight, a refused
-  attempt tried again after a random 0.5-2 s, up to `connect_attempts`), report
-  `connected`, hold them (answering pings) until `close`, report `closed`, exit.
+- `idle`: connect every token's client (`connect_concurrency` attempts in flight; a refused
+  attempt is tried again as a Socket.IO client reconnects: after 1 s, doubling up to 5 s,
+  each +-50%, `connect_attempts` in all), report `connected`, hold them (answering pings)
+  until `close`, report `closed`, exit.
 - `room`: connect every client and `chat:join` the room, report `ready`; on `go` the
   process holding the sender (the first token of process 0) sends `warmup` messages (not
   counted), waits a second, then `messages` messages `interval` s apart, each body carrying
   its send time (`time.time()` just before the frame is written); every client notes when
   each `chat:message` arrived. Once every client has every counted message (or
-  `collect_timeout` s after the last send), report `delivered` with all the latencies, and
-  exit on `close`.
+  `collect_timeout` s after the last send), report `delivered` with all the latencies, the
+  first and last latency of each message, and this process's CPU time; exit on `close`.
 """
 
 from gevent import monkey
@@ -52,7 +53,7 @@ NAMESPACE_REFUSED = "44/chat,"
 NAMESPACE_CLOSED = "41/chat"
 EVENT = "42/chat,"
 ACK = "43/chat,"
-RETRY_DELAY_S = (0.5, 2.0)
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 5.0  # a Socket.IO client's reconnection delays
 _jitter = random.Random()  # noqa: S311 - spreads retries, nothing secret
 
 
@@ -125,7 +126,12 @@ class Client:
     def connect(self, url: str, timeout: float) -> None:
         """One attempt: WebSocket, Engine.IO open, namespace accepted; raises otherwise."""
         started = time.perf_counter()
-        ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+        ws = websocket.create_connection(
+            url,
+            timeout=timeout,
+            suppress_origin=True,  # not a browser
+            skip_utf8_validation=True,  # pure Python per byte; decoding checks it anyway
+        )
         try:
             opening = ws.recv()
             if not opening.startswith("0{"):
@@ -202,7 +208,8 @@ def connect_all(clients: list[Client], plan: dict[str, Any]) -> tuple[float, flo
     """Connect every client, each with its reader; (start, end) wall times, refusals.
 
     `connect_concurrency` attempts are in flight at once; a failed attempt is tried again
-    after a random delay, `connect_attempts` times in all.
+    as a Socket.IO client reconnects (1 s, doubling up to 5 s, each +-50%),
+    `connect_attempts` times in all.
     """
     gate = BoundedSemaphore(plan["connect_concurrency"])
     refusals: Counter = Counter()
@@ -210,7 +217,8 @@ def connect_all(clients: list[Client], plan: dict[str, Any]) -> tuple[float, flo
     def run(client: Client) -> None:
         while client.attempts < plan["connect_attempts"]:
             if client.attempts:
-                gevent.sleep(_jitter.uniform(*RETRY_DELAY_S))
+                delay = min(RETRY_FIRST_S * 2 ** (client.attempts - 1), RETRY_MAX_S)
+                gevent.sleep(delay * _jitter.uniform(0.5, 1.5))
             client.attempts += 1
             try:
                 with gate:
@@ -241,8 +249,10 @@ def close_all(clients: list[Client]) -> None:
     gevent.joinall([gevent.spawn(client.close) for client in clients], timeout=30)
 
 
-def connected_report(clients: list[Client], started: float, ended: float, refusals: Counter):
-    """The `connected` line's fields."""
+def connected_report(
+    clients: list[Client], started: float, ended: float, refusals: Counter
+) -> dict[str, Any]:
+    """The `connected` (or `ready`) line's fields."""
     connected = [c for c in clients if c.connect_s is not None]
     return {
         "attempted": len(clients),
@@ -263,9 +273,7 @@ def run_idle(plan: dict[str, Any], orders: Any) -> None:
     started, ended, refusals = connect_all(clients, plan)
     emit(event="connected", **connected_report(clients, started, ended, refusals))
     for order in orders:
-        if order == "status":
-            emit(event="status", open=sum(1 for c in clients if c.is_open), rss_kib=rss_kib())
-        elif order == "close":
+        if order == "close":
             break
     lost = Counter(c.error for c in clients if c.connect_s is not None and c.error)
     emit(
@@ -285,6 +293,7 @@ class Deliveries:
     def __init__(self, clients: list[Client], messages: int) -> None:
         self.messages = messages
         self.latencies_ms: list[float] = []
+        self.spread: dict[int, list[float]] = {}  # seq -> [first, last] latency, ms
         self.seen: list[set[int]] = [set() for _ in clients]
         self.duplicates = 0
         self.complete = 0  # members that have every counted message
@@ -306,7 +315,10 @@ class Deliveries:
                 self.duplicates += 1
                 return
             seen.add(stamp["seq"])
-            self.latencies_ms.append(round((received - stamp["sentAt"]) * 1000, 3))
+            latency = round((received - stamp["sentAt"]) * 1000, 3)
+            self.latencies_ms.append(latency)
+            spread = self.spread.setdefault(stamp["seq"], [latency, latency])
+            spread[0], spread[1] = min(spread[0], latency), max(spread[1], latency)
             if len(seen) == self.messages:
                 self.complete += 1
                 if self.complete == len(self.seen):
@@ -380,9 +392,11 @@ def run_room(plan: dict[str, Any], orders: Any) -> None:
         if order == "go":
             break
     sent: dict[str, Any] = {}
-    sender = None
-    if plan["sender"]:
+    sender, cpu = None, time.process_time()
+    if plan["sender"] and clients[0].is_open:
         sender = gevent.spawn(lambda: sent.update(send_messages(clients[0], plan)))
+    elif plan["sender"]:
+        sent.update(sent=0, acks={"the sender is not connected": 1}, ack_ms=[])
     deadline = plan["warmup"] * plan["interval"] + 1 + plan["messages"] * plan["interval"]
     deliveries.done.wait(deadline + plan["collect_timeout"])
     if sender is not None:
@@ -396,6 +410,8 @@ def run_room(plan: dict[str, Any], orders: Any) -> None:
         duplicates=deliveries.duplicates,
         complete=deliveries.complete,
         latencies_ms=deliveries.latencies_ms,
+        spread=deliveries.spread,
+        cpu_s=time.process_time() - cpu,
         rss_kib=rss_kib(),
         **sent,
     )

@@ -17,7 +17,11 @@ them with SQL (role `user`, one argon2 hash shared by all), one open login sessi
 (`auth_sessions` row) per socket, and mints each socket's access token with
 `myapp.auth.tokens.issue_pair`, as a login would (no refresh-token rows: nothing refreshes).
 Default: `--clients` distinct users with one socket each (`--sockets-per-user` to share).
-The `chat` flag (off in production) is switched on for everybody, as an operator would.
+The `chat` flag (off in production) is switched on for everybody, as an operator would,
+and the database is `VACUUM ANALYZE`d after the bulk inserts (statistics as a live database
+has them; no autovacuum waking up mid-measurement). Both scenarios run against the same
+realtime and Celery processes, one after the other (the broadcast once the idle sockets are
+gone); its room's members are the first users.
 
 The clients are a separate program, `bench/_chat_load.py`, run as `--load-procs` processes
 (2: one per core) that each hold their share of clients as greenlets speaking the Engine.IO
@@ -26,7 +30,9 @@ lines to this process and take commands on stdin.
 
 1. Idle sockets. `--clients` (10,000) clients connect to `/chat` with
    `--connect-concurrency` (200) attempts in flight across the generators; a refused
-   attempt is tried again after 0.5-2 s (3 attempts in all). All are held at once for
+   attempt is tried again as a Socket.IO client reconnects (after 1 s, doubling up to 5 s,
+   +-50%; 10 attempts in all), so the first attempts measure a reconnection storm and the
+   retries get (nearly) every client in. All are held at once for
    `--hold` s (40: longer than the 25 s ping interval, so every client answers at least
    one ping), then closed. Reported: connected / attempted, failed attempts by reason,
    connect time (first attempt started to last client accepted; per client, TCP connect
@@ -44,18 +50,32 @@ lines to this process and take commands on stdin.
    accepts and queues (`chat:send` ACK), the Celery worker stores the message and emits it
    through Redis, the realtime process fans it out to 1,000 sockets, the generators read
    it. Reported: messages sent and their ACKs, deliveries expected / received (duplicates,
-   members missing some), p50/p90/p99/max latency in ms, the ACK time, CPU of the worker
-   and the Celery worker. Goal: p99 < 250 ms.
+   members missing some), p50/p90/p99/max latency in ms over all deliveries, per message
+   the latency of its first and of its last delivery (the path, and the path plus the
+   fan-out), the ACK time, CPU of the realtime worker, the Celery worker and the
+   generators. Goal: p99 < 250 ms.
 
 Reading the numbers: everything shares 2 cores (server, Celery, PostgreSQL, Redis and the
 generators), so latency includes the generators' own queueing: a broadcast lands on ~500
 sockets per generator at once, and the last one read is stamped after the others were
-parsed. RSS per client includes whatever the server allocated once on first use during the
-connects (a few MiB at most, spread over all clients). Server warnings logged during the
-run are counted; on failure the logs' tails are printed. Logs stay in the printed directory.
+parsed (their CPU is printed). "First member reached" is the path (ACK, queue, store,
+Redis, fan-out start); "last member reached" adds the fan-out to every socket. The tail
+(p99, max) is a few stalled messages, so it moves from run to run on a noisy machine more
+than p50 does: run it more than once before reading a verdict. RSS per client includes what
+the server allocated once on first use during the connects (a few MiB, spread over all
+clients); "after all closed" is memory the process kept, not sockets. Server warnings and
+errors logged during the run are counted; on failure the logs' last lines above info are
+printed. Logs, the generators' plans and every delivery's latency (`deliveries.json`) stay
+in the printed directory.
 
     .venv/bin/python -m bench.chat [--clients 10000] [--members 1000] [--messages 100]
                                    [--load-procs 2] [--hold 40] [--skip idle|broadcast]
+                                   [--profile DIR]
+
+`--profile DIR` records the realtime worker with py-spy (requirements-dev.txt; needs ptrace
+rights) for 30 s of the connects, 30 s of the hold and during the broadcast, and prints
+the project's frames holding the largest share of samples and where the samples end
+(collapsed stacks stay in DIR, for speedscope).
 
 Needs PostgreSQL and Redis at DATABASE_URL / REDIS_URL.
 """
@@ -81,6 +101,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from bench._profile import py_spy, top_frames
 from bench._report import report_logger
 from bench._setup import prod_secrets, server_env
 from tests.support.servers import gunicorn, stop_process, wait_until
@@ -91,7 +112,7 @@ BIN = Path(sys.executable).parent
 IDLE_GOAL = 10_000
 LATENCY_GOAL_MS = 250.0
 PASSWORD = "chat-bench-password"  # noqa: S105 - throwaway accounts in a throwaway database
-CONNECT_ATTEMPTS = 3
+CONNECT_ATTEMPTS = 10
 CONNECT_TIMEOUT_S = 30
 
 
@@ -178,11 +199,59 @@ def server_warnings(
     return counts
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file."""
+def tail(path: Path, lines: int = 10) -> str:
+    """The last lines of a log file that tell what went wrong: JSON lines above info, and
+    other lines naming an error (tracebacks), cut at 300 characters."""
     if not path.exists():
         return f"({path.name}: no file)"
-    return "\n".join(line[:300] for line in path.read_text(errors="replace").splitlines()[-lines:])
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            if entry.get("level") not in ("info", "debug"):
+                kept.append(line[:300])
+        elif re.search(r"Error|Exception|Traceback|File \"", line):
+            kept.append(line[:300])
+    return "\n".join(kept[-lines:]) or "(nothing above info)"
+
+
+class Profile:
+    """py-spy recording one phase of the realtime worker (`--profile DIR`), or nothing."""
+
+    def __init__(self, directory: Path | None, name: str, pid: int, seconds: float) -> None:
+        self.out = directory / f"{name}.txt" if directory else None
+        self.name = name
+        self.process = py_spy(pid, seconds, self.out) if self.out else None
+
+    def report(self) -> None:
+        """Wait for the recording; print the frames in the most samples."""
+        if self.process is None:
+            return
+        self.process.wait(timeout=600)
+        if not self.out.exists():
+            log.info("  profile %s: py-spy recorded nothing (ptrace rights?)", self.name)
+            return
+        project = [(share, f) for share, f in top_frames(self.out, 400) if "myapp/" in f]
+        log.info("  profile %s (%s): the project's frames in the most samples", self.name, self.out)
+        for share, frame in project[:12]:
+            log.info("    %5.1f%%  %s", share * 100, frame[:150])
+        log.info("    where the samples end (self time):")
+        for share, frame in leaf_frames(self.out, 8):
+            log.info("    %5.1f%%  %s", share * 100, frame[:150])
+
+
+def leaf_frames(collapsed: Path, count: int) -> list[tuple[float, str]]:
+    """(share of samples, frame) for the innermost frames of the most samples."""
+    leaves: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if samples.isdigit():
+            leaves[stack.rsplit(";", 1)[-1]] += int(samples)
+    total = sum(leaves.values())
+    return [(n / total, frame) for frame, n in leaves.most_common(count)] if total else []
 
 
 # --- the stack -------------------------------------------------------------------------
@@ -272,6 +341,17 @@ def create_logins(app: Any, users: int, per_user: int) -> list[Login]:
             logins.append(Login(str(user_id), pair["access_token"]))
         db.engine.dispose()
     return logins
+
+
+def vacuum_analyze(database_url: str) -> None:
+    """`VACUUM ANALYZE` after the bulk inserts: fresh statistics, as a live database has,
+    and no autovacuum starting in the middle of a measurement."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    url = make_url(database_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
 
 
 def enable_chat(app: Any) -> None:
@@ -488,6 +568,8 @@ class IdleRun:
     connect_cpu_s: float = 0.0
     closed: dict[str, Any] = field(default_factory=dict)
     drained_s: float | None = None
+    profile: Profile | None = None
+    hold_profile: Profile | None = None
 
 
 def run_idle(
@@ -497,15 +579,18 @@ def run_idle(
     run = IdleRun()
     run.rss_kib["before connecting"] = rss_kib(pid)
     url = base.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    profile = Profile(args.profile, "connect", pid, 30)
     procs = spawn_load("idle", tokens, args, url, workdir)
     try:
         cpu = cpu_s(pid)
         run.connect = connect_summary([p.expect("connected", args.connect_timeout) for p in procs])
         run.connect_cpu_s = cpu_s(pid) - cpu
+        run.profile = profile
         time.sleep(2)  # the last connects' work (presence, announcements) is done
         run.rss_kib["all connected"] = rss_kib(pid)
         run.server_count = server_sockets(base)
         run.health = probe(base)
+        run.hold_profile = Profile(args.profile, "hold", pid, min(args.hold, 30))
         cpu, started = cpu_s(pid), time.monotonic()
         time.sleep(args.hold)
         run.hold_cpu_s, run.hold_s = cpu_s(pid) - cpu, time.monotonic() - started
@@ -560,14 +645,20 @@ def report_idle(run: IdleRun, args: argparse.Namespace, logins: list[Login]) -> 
     if c["connect_ms"]:
         log.info(
             "  connect time: all in %.1f s (%.0f/s); per client (TCP connect to namespace"
-            " accepted) p50 %.0f ms  p99 %.0f ms  max %.0f ms; worker CPU %.1f s",
+            " accepted, last attempt) p50 %.0f ms  p99 %.0f ms  max %.0f ms",
             c["seconds"],
             c["connected"] / max(c["seconds"], 1e-9),
             percentile(c["connect_ms"], 0.5),
             percentile(c["connect_ms"], 0.99),
             max(c["connect_ms"]),
-            run.connect_cpu_s,
         )
+        log.info(
+            "  worker CPU while connecting: %.1f s (%.1f ms per attempt)",
+            run.connect_cpu_s,
+            run.connect_cpu_s * 1000 / max(c["attempts"], 1),
+        )
+    if run.profile is not None:
+        run.profile.report()
     log.info("  server's socket gauge with all connected: %s", run.server_count)
     log.info("  GET /health/live with all connected: %s", run.health)
     closed = run.closed
@@ -582,6 +673,8 @@ def report_idle(run: IdleRun, args: argparse.Namespace, logins: list[Login]) -> 
         run.hold_cpu_s,
         100 * run.hold_cpu_s / max(run.hold_s, 1e-9),
     )
+    if run.hold_profile is not None:
+        run.hold_profile.report()
     rss = run.rss_kib
     log.info(
         "  worker RSS: %s",
@@ -629,6 +722,7 @@ class BroadcastRun:
     worker_cpu_s: float = 0.0
     celery_cpu_s: float = 0.0
     seconds: float = 0.0
+    profile: Profile | None = None
 
 
 def run_broadcast(
@@ -660,11 +754,14 @@ def run_broadcast(
         run.server_count = server_sockets(base)
         worker, celery = cpu_s(pids[0]), cpu_s(pids[1])
         started = time.monotonic()
+        seconds = (args.warmup + args.messages) * args.interval + 1
+        run.profile = Profile(args.profile, "broadcast", pids[0], seconds)
         for proc in procs:
             proc.order("go")
         limit = (args.warmup + args.messages) * args.interval + 1 + args.collect_timeout + 60
         run.delivered = [p.expect("delivered", limit) for p in procs]
         run.seconds = time.monotonic() - started
+        (workdir / "deliveries.json").write_text(json.dumps(run.delivered))  # for a closer look
         run.worker_cpu_s, run.celery_cpu_s = cpu_s(pids[0]) - worker, cpu_s(pids[1]) - celery
         close_load(procs, None, 0)
     except BaseException:
@@ -733,13 +830,31 @@ def report_broadcast(run: BroadcastRun, args: argparse.Namespace) -> bool:
         p99,
         max(latencies),
     )
+    spreads: dict[int, list[float]] = {}
+    for line in run.delivered:
+        for seq, (first, last) in line["spread"].items():
+            known = spreads.setdefault(int(seq), [first, last])
+            known[0], known[1] = min(known[0], first), max(known[1], last)
+    firsts = [first for first, _ in spreads.values()]
+    lasts = [last for _, last in spreads.values()]
+    log.info(
+        "  per message: first member reached p50 %.1f ms  p99 %.1f ms; last member reached"
+        " p50 %.1f ms  p99 %.1f ms",
+        percentile(firsts, 0.5),
+        percentile(firsts, 0.99),
+        percentile(lasts, 0.5),
+        percentile(lasts, 0.99),
+    )
     log.info(
         "  CPU during the %.1f s of sending and collecting: realtime worker %.1f s, Celery"
-        " worker %.1f s",
+        " worker %.1f s, load generators %.1f s",
         run.seconds,
         run.worker_cpu_s,
         run.celery_cpu_s,
+        sum(line["cpu_s"] for line in run.delivered),
     )
+    if run.profile is not None:
+        run.profile.report()
     met = p99 < LATENCY_GOAL_MS and received == expected
     log.info(
         "  goal p99 < %.0f ms (every delivery received): %s",
@@ -770,6 +885,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--send-limit", default="1000 per 10 seconds", help="CHAT_SEND_LIMIT")
     parser.add_argument("--skip", choices=("idle", "broadcast"), help="run only the other one")
     parser.add_argument(
+        "--profile", type=Path, help="record the realtime worker with py-spy into this directory"
+    )
+    parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="project setting"
     )
     return parser.parse_args()
@@ -787,6 +905,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     begun = time.monotonic()
     soft, _ = raise_nofile(max(args.clients, args.members) + 1000)
     workdir = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # the database setup: no migration lines
     env = bench_env(workdir, args)
     app = local_app(env)
@@ -794,6 +914,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     started = time.perf_counter()
     logins = create_logins(app, users, args.sockets_per_user)
     enable_chat(app)
+    vacuum_analyze(env["DATABASE_URL"])
     log.info(
         "setup: %d users, %d logins and access tokens in %.1f s; nofile %d; APP_ENV=prod;"
         " GUNICORN_WORKER_CONNECTIONS=%d; CHAT_SEND_LIMIT=%r; logs in %s",
@@ -821,6 +942,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                         first.setdefault(login.user_id, login.token)
                     members = list(first)[: args.members]
                     room_id = create_room(app, members)
+                    vacuum_analyze(env["DATABASE_URL"])
                     tokens = [first[user_id] for user_id in members]
                     broadcast = run_broadcast(
                         tokens, room_id, args, base, (pid, celery.process.pid), workdir

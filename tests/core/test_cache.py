@@ -60,7 +60,12 @@ def test_a_thousand_concurrent_misses_in_two_processes_compute_once(app):
         )
         for _ in range(2)
     ]
-    served = [int(process.communicate(timeout=60)[0].strip()) for process in processes]
+    try:
+        served = [int(process.communicate(timeout=60)[0].strip()) for process in processes]
+    finally:
+        for process in processes:  # never left running behind a failed test
+            process.kill()
+            process.wait()
     assert served == [500, 500]
     with app.app_context():
         assert redis_of(app).get(redis_key("test", "recomputes")) == "1"

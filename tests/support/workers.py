@@ -58,6 +58,7 @@ class Worker:
             if self.process.poll() is not None:
                 break
             time.sleep(0.1)
+        self.kill()  # never left running behind a failed test
         raise RuntimeError(f"worker not ready:\n{self.output()[-3000:]}")
 
     def kill(self) -> None:
