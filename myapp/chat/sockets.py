@@ -34,8 +34,10 @@ from flask_socketio import Namespace
 from myapp.auth import service as auth_service
 from myapp.chat import inbox, presence, service
 from myapp.chat.schemas import DeleteSchema, RoomRefSchema, SendSchema
+from myapp.core.admission import admitted
 from myapp.core.config import current_settings
 from myapp.core.context import Actor
+from myapp.core.db import read_in_autocommit, release_connection
 from myapp.core.errors import UNAVAILABLE_ERRORS, AppError, flatten_messages
 from myapp.core.guards import parse_budget
 from myapp.core.logging import get_logger
@@ -52,6 +54,15 @@ PERSIST_TASK = "chat.persist"
 _METRICS = "myapp.chat.metrics"
 _UNAVAILABLE = (*UNAVAILABLE_ERRORS, redis.exceptions.RedisError)
 _BEARER = "Bearer "
+_LEAVING_WAIT = 60.0  # seconds a disconnect waits in line before doing its work anyway
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is behind a socket, and the rooms that hear about their presence."""
+
+    actor: Actor
+    rooms: set[str]
 
 
 def room_of(room_id: uuid.UUID | str) -> str:
@@ -150,7 +161,11 @@ class ChatNamespace(Namespace):
 
     # -- connection ---------------------------------------------------------------------
     def on_connect(self, auth: Any = None) -> None:
-        """Accept a caller with a valid token and the `chat` flag; refuse anybody else."""
+        """Accept a caller with a valid token and the `chat` flag; refuse anybody else.
+
+        Connects queue at the worker's admission gate like requests (a reconnect storm
+        must not exhaust the database pool), and give their connection back before the
+        Redis work."""
         registry = self._registry_of()
         registry.metrics.events_in.labels("connect").inc()
         if registry.closing:
@@ -159,15 +174,22 @@ class ChatNamespace(Namespace):
         if not token:
             raise _refuse(AppError("AUTH_REQUIRED"))
         try:
-            actor = auth_service.authenticate_token(token)
-            if not flags_service.is_enabled(FEATURE, actor):
-                raise AppError("FEATURE_DISABLED", f"The feature {FEATURE!r} is not enabled.")
-            came_online = presence.arrive(actor.id, request.sid)
+            with admitted(current_settings().web_queue_timeout) as slot:
+                if not slot:
+                    raise AppError("SERVICE_UNAVAILABLE", "The server is busy; retry shortly.")
+                read_in_autocommit()
+                actor = auth_service.authenticate_token(token)
+                if not flags_service.is_enabled(FEATURE, actor):
+                    raise AppError("FEATURE_DISABLED", f"The feature {FEATURE!r} is not enabled.")
+                rooms = {str(r) for r in service.room_ids_of(user_id=uuid.UUID(actor.id))}
+                release_connection()
+                came_online = presence.arrive(actor.id, request.sid)
         except Exception as error:  # noqa: BLE001 - every refusal carries a code
             raise _refuse(_as_app_error(error, "connect")) from None
-        registry.add(Connection(request.sid, NAMESPACE, actor.id, actor.session_id or "", actor))
+        caller = Caller(actor, rooms)
+        registry.add(Connection(request.sid, NAMESPACE, actor.id, actor.session_id or "", caller))
         if came_online:
-            self._announce_presence(actor.id, online=True)
+            self._announce_presence(caller, online=True)
 
     def on_disconnect(self, reason: Any = None) -> None:
         """Forget the socket; the user's last socket makes them offline at once."""
@@ -175,52 +197,57 @@ class ChatNamespace(Namespace):
         connection = registry.remove(request.sid)
         if connection is None:
             return
-        if presence.depart(connection.user_id, connection.sid):
-            try:
-                self._announce_presence(connection.user_id, online=False)
-            except _UNAVAILABLE as error:
-                log.warning("presence.announce_failed", error_type=type(error).__name__)
+        # In line with the rest (10,000 sockets may leave at once), but never refused.
+        with admitted(_LEAVING_WAIT):
+            if presence.depart(connection.user_id, connection.sid):
+                self._announce_presence(connection.data, online=False)
 
-    def _announce_presence(self, user_id: str, *, online: bool) -> None:
+    def _announce_presence(self, caller: Caller, *, online: bool) -> None:
+        """Tell the caller's rooms (no database: the rooms were read at connect)."""
         registry = self._registry_of()
-        for room_id in service.room_ids_of(user_id=uuid.UUID(user_id)):
-            registry.emit(
-                "presence:update",
-                {"userId": user_id, "online": online},
-                to=room_of(room_id),
-                namespace=NAMESPACE,
-            )
+        try:
+            for room_id in list(caller.rooms):
+                registry.emit(
+                    "presence:update",
+                    {"userId": caller.actor.id, "online": online},
+                    to=room_of(room_id),
+                    namespace=NAMESPACE,
+                )
+        except Exception as error:  # noqa: BLE001 - presence is best effort; TTL is the truth
+            log.warning("presence.announce_failed", error_type=type(error).__name__)
 
     # -- events -------------------------------------------------------------------------
-    def _caller(self) -> Actor:
+    def _caller(self) -> Caller:
         connection = self._registry_of().get(request.sid)
         if connection is None:  # not accepted (or already gone)
             raise AppError("AUTH_REQUIRED")
         return connection.data
 
-    def _answer(self, event: str, data: Any, act: Callable[[Actor, Any], None]) -> dict:
+    def _answer(self, event: str, data: Any, act: Callable[[Caller, Any], None]) -> dict:
         """Run a `{ok}`-answered event: budget, handler, errors as `{ok: false, error}`."""
         self._registry_of().metrics.events_in.labels(event).inc()
         try:
-            actor = self._caller()
-            _spend_event_budget(actor.id)
-            act(actor, data)
+            caller = self._caller()
+            _spend_event_budget(caller.actor.id)
+            read_in_autocommit()
+            act(caller, data)
         except Exception as error:  # noqa: BLE001 - every failure answers with a code
             return {"ok": False, "error": _error(_as_app_error(error, event))}
         return {"ok": True}
 
-    def _join(self, actor: Actor, data: Any) -> None:
+    def _join(self, caller: Caller, data: Any) -> None:
         room_id = _load(RoomRefSchema(), data)["room_id"]
-        service.require_member(room_id=room_id, actor=actor)
+        service.require_member(room_id=room_id, actor=caller.actor)
         self.enter_room(request.sid, room_of(room_id))
+        caller.rooms.add(str(room_id))  # a room joined since connect hears presence too
 
-    def _leave(self, actor: Actor, data: Any) -> None:
+    def _leave(self, caller: Caller, data: Any) -> None:
         room_id = _load(RoomRefSchema(), data)["room_id"]
         self.leave_room(request.sid, room_of(room_id))
 
-    def _delete(self, actor: Actor, data: Any) -> None:
+    def _delete(self, caller: Caller, data: Any) -> None:
         message = service.delete_message(
-            message_id=_load(DeleteSchema(), data)["message_id"], actor=actor
+            message_id=_load(DeleteSchema(), data)["message_id"], actor=caller.actor
         )
         self._registry_of().emit(
             "chat:deleted",
@@ -229,20 +256,22 @@ class ChatNamespace(Namespace):
             namespace=NAMESPACE,
         )
 
-    def _beat(self, actor: Actor, data: Any) -> None:
-        if presence.arrive(actor.id, request.sid):
-            self._announce_presence(actor.id, online=True)
+    def _beat(self, caller: Caller, data: Any) -> None:
+        if presence.arrive(caller.actor.id, request.sid):
+            self._announce_presence(caller, online=True)
 
     def _send(self, data: Any = None) -> dict:
         """`chat:send`: ACCEPTED once queued (stored later, once), else FAILED with a code."""
         self._registry_of().metrics.events_in.labels("chat:send").inc()
         client_msg_id = data.get("clientMsgId") if isinstance(data, dict) else None
         try:
-            actor = self._caller()
+            actor = self._caller().actor
+            read_in_autocommit()
             message = _load(SendSchema(), data)
             room_id = message["room_id"]
             if not service.is_member(room_id=room_id, user_id=uuid.UUID(actor.id)):
                 raise AppError("FORBIDDEN", "You are not a member of this room.")
+            release_connection()
             _queue(room_id, uuid.UUID(actor.id), message["client_msg_id"], message["body"])
         except Exception as error:  # noqa: BLE001 - every failure answers with a code
             failure = _as_app_error(error, "chat:send")

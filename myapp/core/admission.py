@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Flask, current_app, g, request
 
@@ -85,6 +87,20 @@ def admit() -> None:
             headers={"Retry-After": "1"},
         )
     g.admitted = True
+
+
+@contextmanager
+def admitted(wait: float) -> Iterator[bool]:
+    """Hold a slot for the block (work that is not a request: a socket connecting or
+    leaving), waiting at most `wait` s in line; yields whether a slot came, and the
+    block decides what to do without one."""
+    gate = admission_gate()
+    entered = gate.enter(wait)
+    try:
+        yield entered
+    finally:
+        if entered:
+            gate.leave()
 
 
 def release(_: BaseException | None = None) -> None:

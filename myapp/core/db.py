@@ -111,9 +111,15 @@ def read_safe_methods_in_autocommit() -> None:
     so does a streaming route (an upload), which must not hold a connection, let alone
     an open transaction, while its body trickles in."""
     if request.method in SAFE_METHODS or current_route_policy().streaming:
-        session = db.session()
-        session.info[AUTOCOMMIT_READS] = True
-        session.expire_on_commit = False  # `release_connection` keeps what was read
+        read_in_autocommit()
+
+
+def read_in_autocommit() -> None:
+    """From now on the session reads in autocommit mode (one round trip per read, and
+    `release_connection()` gives the connection back), until a `unit_of_work` begins."""
+    session = db.session()
+    session.info[AUTOCOMMIT_READS] = True
+    session.expire_on_commit = False  # `release_connection` keeps what was read
 
 
 def release_connection() -> None:
