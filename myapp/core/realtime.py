@@ -43,6 +43,7 @@ log = get_logger(__name__)
 _EXTENSION = "myapp.realtime"
 _RETRY_FIRST, _RETRY_MAX, _POLL_SECONDS = 0.2, 2.0, 1.0
 SHUTDOWN_EVENT = "server:shutdown"
+_DEPARTURES = 32
 _PROCESSES: weakref.WeakSet[Realtime] = weakref.WeakSet()  # this process's, for shutdown
 
 #: Given the login (session) ids of connected sockets, the ones still open.
@@ -119,6 +120,8 @@ class Realtime:
         self._lock = threading.Lock()
         self._watching = False
         self.closing = False
+        #: Sockets leaving at once do their cleanup a few at a time.
+        self.departures = threading.BoundedSemaphore(_DEPARTURES)
 
     # -- connections --------------------------------------------------------------------
     def add(self, connection: Connection) -> None:
