@@ -117,13 +117,6 @@ def flags_of(app: Flask) -> FlagCache:
         return flag_cache()
 
 
-def uncovered_environ() -> dict[str, str]:
-    """`os.environ` without coverage's subprocess measurement, for children it would
-    distort: import-order checks (coverage loads gevent), thread storms (it slows each
-    thread many times over)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-
-
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
     """Environment for an app server (gunicorn) a test starts: this run's database, Redis
     index and key prefix, quiet logs."""

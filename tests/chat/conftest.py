@@ -129,11 +129,14 @@ def _cleanup(database_url: str) -> None:
 
 
 @contextmanager
-def served_realtime(stack: ChatStack, **env: str) -> Iterator[tuple[object, str]]:
-    """One more realtime process (one gevent worker, as the `realtime` role runs)."""
+def served_realtime(
+    stack: ChatStack, *, measured: bool = True, **env: str
+) -> Iterator[tuple[object, str]]:
+    """One more realtime process (one gevent worker, as the `realtime` role runs);
+    `measured=False` without coverage, for tests that time it."""
     environment = {**stack.env, **env}
     environment.setdefault("PROMETHEUS_MULTIPROC_DIR", str(stack.tmp / f"prom-{uuid.uuid4().hex}"))
-    with gunicorn(APP, workers=1, env=environment) as (process, base):
+    with gunicorn(APP, workers=1, env=environment, measured=measured) as (process, base):
         yield process, base
 
 

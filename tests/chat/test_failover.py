@@ -38,11 +38,12 @@ def isolated(app, database_url, tmp_path) -> Iterator[ChatStack]:
 
 
 @contextmanager
-def worker(stack: ChatStack, name: str, **env: str) -> Iterator[Worker]:
+def worker(stack: ChatStack, name: str, *, measured: bool = True, **env: str) -> Iterator[Worker]:
     running = Worker(
         stack.database_url,
         stack.tmp / f"{name}.log",
         name=name,
+        measured=measured,
         **{**stack.env, "LOG_LEVEL": "INFO", **env},
     ).wait_ready()
     try:
@@ -152,7 +153,11 @@ def test_after_a_redis_restart_messages_flow_again_within_seconds(isolated, tmp_
     a, b = stack.person(), stack.person()
     room = stack.room(a, b)
     try:
-        with served_realtime(stack) as (_, base), worker(stack, "w"):
+        # Timed: without coverage, which slows these processes several times over.
+        with (
+            served_realtime(stack, measured=False) as (_, base),
+            worker(stack, "w", measured=False),
+        ):
             chat_a, chat_b = stack.joined(a, room, base), stack.joined(b, room, base)
             assert send(chat_a, room, "before")["status"] == "ACCEPTED"
             assert chat_b.next("chat:message")["clientMsgId"] == "before"
@@ -236,9 +241,9 @@ def test_an_idle_queue_connection_outliving_its_socket_timeout_keeps_delivering(
     room = stack.room(a, b)
     quick = {"REDIS_SOCKET_TIMEOUT": "1", "LOG_LEVEL": "INFO"}
     with (
-        worker(stack, "w"),
-        served_realtime(stack, **quick) as (sender_side, base_1),
-        served_realtime(stack, **quick) as (receiver_side, base_2),
+        worker(stack, "w", measured=False),
+        served_realtime(stack, measured=False, **quick) as (sender_side, base_1),
+        served_realtime(stack, measured=False, **quick) as (receiver_side, base_2),
     ):
         chat_a, chat_b = stack.joined(a, room, base_1), stack.joined(b, room, base_2)
         for n in range(3):

@@ -14,8 +14,8 @@ import pytest
 from myapp.core.cache import cache_store, cached_value, invalidate
 from myapp.core.redis import redis_key
 from myapp.users import service as users_service
-from tests.conftest import bearer, login, redis_of, server_env, settings_of, uncovered_environ
-from tests.support.servers import ThrowawayRedis
+from tests.conftest import bearer, login, redis_of, server_env, settings_of
+from tests.support.servers import ThrowawayRedis, uncovered_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 STAMPEDE = """

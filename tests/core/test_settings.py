@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from myapp.settings import ConfigError, load_settings
-from tests.conftest import PROD_SECRETS, uncovered_environ
+from tests.conftest import PROD_SECRETS
+from tests.support.servers import uncovered_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -29,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+def uncovered_environ() -> dict[str, str]:
+    """`os.environ` without coverage's subprocess measurement, for children it would
+    distort: import-order checks (coverage loads gevent), thread storms (it slows each
+    thread many times over)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+
+
 def listening_socket() -> socket.socket:
     """A loopback TCP socket bound to a port the kernel chose, already listening."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -172,6 +179,7 @@ def gunicorn(
     drain: float = 0,
     log_file: Path | None = None,
     count_workers: bool = True,
+    measured: bool = True,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run gunicorn with our config on a socket bound here; yield the process and base URL.
 
@@ -179,12 +187,13 @@ def gunicorn(
     for an app without our metrics: once one answers `/health/live`). The process gets a
     `stderr_text()` method for tests that read what it logged; with `log_file` its stderr
     goes straight to that file instead (benchmarks: no reader competing for the CPU).
+    `measured=False` runs it without coverage, for tests that time it.
     """
     sock = listening_socket()
     port = sock.getsockname()[1]
     metrics_dir = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gunicorn-"))
     full_env = {
-        **os.environ,
+        **(os.environ if measured else uncovered_environ()),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         **env,
         "PORT": str(port),

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import server_env
-from tests.support.servers import stop_process
+from tests.support.servers import stop_process, uncovered_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,10 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 class Worker:
     """A `celery worker` process with the test tasks loaded."""
 
-    def __init__(self, database_url: str, log_path: Path, *, name: str, **env: str) -> None:
+    def __init__(
+        self, database_url: str, log_path: Path, *, name: str, measured: bool = True, **env: str
+    ) -> None:
+        """`measured=False`: without coverage, for tests that time it."""
         self.log_path = log_path
         environment = {
-            **os.environ,
+            **(os.environ if measured else uncovered_environ()),
             **server_env(database_url, LOG_LEVEL="INFO", CELERY_POOL="gevent"),
             "PYTHONPATH": str(ROOT),
             **env,
