@@ -42,7 +42,7 @@ from myapp.core.errors import UNAVAILABLE_ERRORS, AppError, flatten_messages
 from myapp.core.guards import parse_budget
 from myapp.core.logging import get_logger
 from myapp.core.metrics import app_counter, app_histogram
-from myapp.core.realtime import Connection, Realtime, realtime
+from myapp.core.realtime import Connection, realtime
 from myapp.core.redis import redis_client, redis_key
 from myapp.core.tasks import celery_app
 from myapp.flags import service as flags_service
@@ -154,9 +154,8 @@ def _refuse(error: AppError) -> Refused:
 class ChatNamespace(Namespace):
     """Handlers of `/chat`; events are attributes named `on_<event>` (colons included)."""
 
-    def __init__(self, registry_of: Callable[[], Realtime] = realtime) -> None:
+    def __init__(self) -> None:
         super().__init__(NAMESPACE)
-        self._registry_of = registry_of
 
     # -- connection ---------------------------------------------------------------------
     def on_connect(self, auth: Any = None) -> None:
@@ -165,7 +164,7 @@ class ChatNamespace(Namespace):
         Connects queue at the worker's admission gate like requests (a reconnect storm
         must not exhaust the database pool), and give their connection back before the
         Redis work."""
-        registry = self._registry_of()
+        registry = realtime()
         registry.metrics.events_in.labels("connect").inc()
         if registry.closing:
             raise _refuse(AppError("SERVICE_UNAVAILABLE", "This server is shutting down."))
@@ -192,7 +191,7 @@ class ChatNamespace(Namespace):
 
     def on_disconnect(self, reason: Any = None) -> None:
         """Forget the socket; the user's last socket makes them offline at once."""
-        registry = self._registry_of()
+        registry = realtime()
         connection = registry.remove(request.sid)
         if connection is None:
             return
@@ -204,7 +203,7 @@ class ChatNamespace(Namespace):
 
     def _announce_presence(self, caller: Caller, *, online: bool) -> None:
         """Tell the caller's rooms (no database: the rooms were read at connect)."""
-        registry = self._registry_of()
+        registry = realtime()
         try:
             for room_id in list(caller.rooms):
                 registry.emit(
@@ -218,14 +217,14 @@ class ChatNamespace(Namespace):
 
     # -- events -------------------------------------------------------------------------
     def _caller(self) -> Caller:
-        connection = self._registry_of().get(request.sid)
+        connection = realtime().get(request.sid)
         if connection is None:  # not accepted (or already gone)
             raise AppError("AUTH_REQUIRED")
         return connection.data
 
     def _answer(self, event: str, data: Any, act: Callable[[Caller, Any], None]) -> dict:
         """Run a `{ok}`-answered event: budget, handler, errors as `{ok: false, error}`."""
-        self._registry_of().metrics.events_in.labels(event).inc()
+        realtime().metrics.events_in.labels(event).inc()
         try:
             caller = self._caller()
             _spend_event_budget(caller.actor.id)
@@ -249,7 +248,7 @@ class ChatNamespace(Namespace):
         message = service.delete_message(
             message_id=_load(DeleteSchema(), data)["message_id"], actor=caller.actor
         )
-        self._registry_of().emit(
+        realtime().emit(
             "chat:deleted",
             {"id": str(message.id), "roomId": str(message.room_id)},
             to=room_of(message.room_id),
@@ -262,7 +261,7 @@ class ChatNamespace(Namespace):
 
     def _send(self, data: Any = None) -> dict:
         """`chat:send`: ACCEPTED once queued (stored later, once), else FAILED with a code."""
-        self._registry_of().metrics.events_in.labels("chat:send").inc()
+        realtime().metrics.events_in.labels("chat:send").inc()
         client_msg_id = data.get("clientMsgId") if isinstance(data, dict) else None
         try:
             actor = self._caller().actor
