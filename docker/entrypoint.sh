@@ -39,8 +39,6 @@ case "$role" in
         ;;
     realtime)
         ensure_metrics_dir
-        # One file descriptor per socket: use the whole hard limit.
-        ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
         exec gunicorn -c "$GUNICORN_CONF" --workers 1 "$@" wsgi:app
         ;;
     worker)

@@ -7,6 +7,7 @@ routes gunicorn's own logs through the app's masked structlog pipeline.
 
 import gc
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -22,6 +23,12 @@ _settings = load_settings()  # raises ConfigError (exit 1, every bad variable na
 _metrics_dir = Path(
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _settings.prometheus_multiproc_dir)
 )
+
+# Every connection (a socket of the realtime role holds one for its whole life) is a file
+# descriptor: allow as many as the hard limit does.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard != resource.RLIM_INFINITY and _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 bind = [f"0.0.0.0:{_settings.port}"]  # noqa: S104 - inside a container/pod, behind the ingress
 # gevent, answering gunicorn's own refusals (bad request line or header, headers over
