@@ -12,6 +12,12 @@ always one replica, Recreate strategy.
 {{- $role := index $root.Values $component }}
 {{- $ctx := dict "root" $root "component" $component }}
 {{- $http := has $component (list "web" "realtime") }}
+{{- /* The worker serves /metrics on WORKER_METRICS_PORT (its tasks, dead letters, outbox). */}}
+{{- $workerMetricsPort := "" }}
+{{- if eq $component "worker" }}
+{{- $workerMetricsPort = toString (default "" ($role.env | default dict).WORKER_METRICS_PORT) }}
+{{- if eq $workerMetricsPort "0" }}{{ $workerMetricsPort = "" }}{{ end }}
+{{- end }}
 {{- $autoscaling := get $role "autoscaling" | default dict }}
 {{- $port := include "myapp.roleConfig" (dict "root" $root "role" $role "key" "PORT") | default "8000" | atoi }}
 {{- if $http }}
@@ -66,6 +72,10 @@ spec:
         prometheus.io/scrape: "true"
         prometheus.io/port: {{ $port | quote }}
         prometheus.io/path: {{ $root.Values.metrics.path | quote }}
+        {{- else if and $workerMetricsPort $root.Values.metrics.podAnnotations }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $workerMetricsPort | quote }}
+        prometheus.io/path: /metrics
         {{- end }}
         {{- range $key, $value := $extraAnnotations }}
         {{ $key }}: {{ $value | quote }}
@@ -97,6 +107,11 @@ spec:
           ports:
             - name: http
               containerPort: {{ $port }}
+              protocol: TCP
+          {{- else if $workerMetricsPort }}
+          ports:
+            - name: metrics
+              containerPort: {{ $workerMetricsPort | atoi }}
               protocol: TCP
           {{- end }}
           {{- include "myapp.containerEnv" (dict "root" $root "role" $role "configMap" (include "myapp.fullname" $root) "secret" (include "myapp.secretName" $root)) | nindent 10 }}
