@@ -20,14 +20,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import sqlalchemy.exc
 from flask import Flask, request
-from sqlalchemy import Connection, DateTime, Uuid, event, func
+from sqlalchemy import Connection, DateTime, Engine, Uuid, event, func
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from ulid import ULID
 
 from myapp.core.context import current_request_id
+from myapp.core.errors import on_unavailable
 from myapp.core.logging import get_logger
+from myapp.core.metrics import app_counter, app_gauge
 from myapp.core.pipeline import current_route_policy
 from myapp.extensions import AUTOCOMMIT_READS, db
 from myapp.settings import Settings
@@ -171,11 +174,34 @@ def init_db(app: Flask, settings: Settings) -> None:
     """
     with app.app_context():
         engine = db.engine
+    _instrument_pool(app, engine)
     if settings.db_slow_query_ms > 0:
         event.listen(engine, "before_cursor_execute", _start_clock)
         event.listen(engine, "after_cursor_execute", _log_if_slow(settings.db_slow_query_ms))
     if settings.db_sql_comments:
         event.listen(engine, "before_cursor_execute", _comment_with_request_id, retval=True)
+
+
+def _instrument_pool(app: Flask, engine: Engine) -> None:
+    """`db_pool_connections_in_use` (summed over live processes) and
+    `db_pool_timeouts_total` (requests answered 503 after `DB_POOL_TIMEOUT` of waiting)."""
+    in_use = app_gauge(
+        app,
+        "db_pool_connections_in_use",
+        "Database connections checked out of the pool",
+        multiprocess_mode="livesum",
+    )
+    timeouts = app_counter(
+        app, "db_pool_timeouts_total", "Requests that found no free database connection"
+    )
+    event.listen(engine, "checkout", lambda *_: in_use.inc())
+    event.listen(engine, "checkin", lambda *_: in_use.dec())
+
+    def count_timeout(error: Exception) -> None:
+        if isinstance(error, sqlalchemy.exc.TimeoutError):
+            timeouts.inc()
+
+    on_unavailable(app, count_timeout)
 
 
 def retry_on_disconnect(read: Callable[[], T]) -> T:

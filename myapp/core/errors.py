@@ -7,7 +7,7 @@ secret or internal path into a response; unexpected exceptions are logged once (
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import kombu.exceptions
 import psycopg
 import redis.exceptions
 import sqlalchemy.exc
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from myapp.core.blobs import StorageError
@@ -23,6 +23,7 @@ from myapp.core.context import current_request_id, new_request_id
 from myapp.core.logging import get_logger
 
 log = get_logger(__name__)
+_UNAVAILABLE_LISTENERS = "myapp.unavailable_listeners"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +189,16 @@ def handle_http_exception(error: HTTPException) -> Response:
     return error_response(_app_error_from_http(error))
 
 
+def on_unavailable(app: Flask, listener: Callable[[Exception], None]) -> None:
+    """Call `listener` with every dependency error answered 503 (metrics count them)."""
+    app.extensions.setdefault(_UNAVAILABLE_LISTENERS, []).append(listener)
+
+
 def handle_unavailable(error: Exception) -> Response:
     """A database or Redis outage: 503 without the driver's message (it may hold hosts)."""
     log.warning("dependency.unavailable", error_type=type(error).__name__)
+    for listener in current_app.extensions.get(_UNAVAILABLE_LISTENERS, ()):
+        listener(error)
     return error_response(AppError("SERVICE_UNAVAILABLE"))
 
 

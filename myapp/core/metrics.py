@@ -103,11 +103,16 @@ def app_histogram(
 
 
 def app_gauge(
-    app: Flask, name: str, documentation: str, *, multiprocess_mode: str = "mostrecent"
+    app: Flask,
+    name: str,
+    documentation: str,
+    labels: tuple[str, ...] = (),
+    *,
+    multiprocess_mode: str = "mostrecent",
 ) -> Gauge:
     """A gauge of `app` (created once). With several processes the most recent value wins,
     or (`multiprocess_mode="livesum"`) the values of the live processes add up."""
-    return _registered(app, Gauge, name, documentation, multiprocess_mode=multiprocess_mode)
+    return _registered(app, Gauge, name, documentation, labels, multiprocess_mode=multiprocess_mode)
 
 
 def serve_worker_metrics(app: Flask, port: int) -> None:

@@ -45,7 +45,7 @@ from myapp.core.context import (
     new_request_id,
 )
 from myapp.core.logging import get_logger, mask_arguments
-from myapp.core.metrics import app_counter, app_histogram
+from myapp.core.metrics import app_counter, app_gauge, app_histogram
 from myapp.core.redis import broker_redis, redis_client, redis_key
 from myapp.settings import Settings
 
@@ -332,6 +332,12 @@ class TaskMetrics:
 
     outcomes: Any
     runtime: Any
+    queue_depth: Any  # set by the workers (`myapp.core.worker`)
+
+
+def task_metrics(app: Flask) -> TaskMetrics:
+    """The task metrics of `app`."""
+    return app.extensions[_METRICS]
 
 
 def _task_metrics_of(task: Task) -> TaskMetrics:
@@ -359,6 +365,13 @@ def init_celery(app: Flask, settings: Settings, jobs: tuple[PeriodicJob, ...] = 
             "Task run time",
             ("task",),
             buckets=(0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 300),
+        ),
+        queue_depth=app_gauge(
+            app,
+            "celery_queue_depth",
+            "Messages waiting in a queue",
+            ("queue",),
+            multiprocess_mode="livemax",
         ),
     )
     _connect_signals()

@@ -1,6 +1,6 @@
-"""What a Celery worker process runs besides its tasks: the outbox relay, a metrics port,
-(Redis broker) the sweep that brings back messages of workers that died, and a consumer
-that comes back soon after its broker does.
+"""What a Celery worker process runs besides its tasks: the outbox relay, a metrics port
+with queue depths, (Redis broker) the sweep that brings back messages of workers that
+died, and a consumer that comes back soon after its broker does.
 
 `celery_worker.py` calls `prepare_worker(app)`; the hooks fire in the worker's main process
 only (never in beat): the loops start when the worker is ready to consume and stop when
@@ -32,9 +32,10 @@ from myapp.core.config import current_settings
 from myapp.core.logging import get_logger
 from myapp.core.metrics import serve_worker_metrics
 from myapp.core.outbox import Relay, start_relay_thread
-from myapp.core.tasks import celery_app
+from myapp.core.tasks import celery_app, queue_depths, task_metrics
 
 log = get_logger(__name__)
+_QUEUE_DEPTH_SECONDS = 15.0
 
 
 def sweep_unacked(app: Flask, stopping: threading.Event, interval: float) -> None:
@@ -59,6 +60,22 @@ class Consumer(CeleryConsumer):
         return super().ensure_connected(conn)
 
 
+def measure_queues(app: Flask, stopping: threading.Event, interval: float) -> None:
+    """Now and every `interval` s, set `celery_queue_depth{queue}` (messages waiting)."""
+    depth = task_metrics(app).queue_depth
+    while True:
+        try:
+            with app.app_context():
+                depths = queue_depths()
+        except Exception as error:  # noqa: BLE001 - the broker may be down: try again later
+            log.warning("worker.queue_depth_failed", error_type=type(error).__name__)
+        else:
+            for queue, waiting in depths.items():
+                depth.labels(queue).set(waiting)
+        if stopping.wait(interval):
+            return
+
+
 def prepare_worker(app: Flask) -> None:
     """Connect the worker hooks for `app`, and use our consumer."""
     celery_app(app).conf.worker_consumer = f"{__name__}:Consumer"
@@ -73,6 +90,9 @@ def prepare_worker(app: Flask) -> None:
             log.info("worker.metrics_serving", port=settings.worker_metrics_port)
         if settings.outbox_relay_in_worker:
             relays.append(start_relay_thread(app))
+        threading.Thread(
+            target=measure_queues, args=(app, stopping, _QUEUE_DEPTH_SECONDS), daemon=True
+        ).start()
         if settings.broker_is_redis:
             interval = max(1.0, min(10.0, settings.celery_visibility_timeout / 4))
             threading.Thread(

@@ -250,3 +250,4 @@ def test_sockets_events_acks_and_persist_latency_are_measured(stack):
     worker = scrape(f"http://127.0.0.1:{stack.worker_metrics_port}")
     assert worker["chat_persist_seconds_count"] >= 1
     assert worker['socketio_events_sent_total{event="chat:message"}'] >= 1
+    assert worker['celery_queue_depth{queue="chat"}'] >= 0  # measured since the worker started
