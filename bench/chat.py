@@ -102,7 +102,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bench._profile import py_spy, top_frames
-from bench._report import report_logger
+from bench._report import report_logger, rss_kib, worker_pid
 from bench._setup import prod_secrets, server_env
 from tests.support.servers import gunicorn, stop_process, wait_until
 
@@ -126,26 +126,6 @@ def raise_nofile(needed: int) -> tuple[int, int]:
     if hard < needed:
         log.info("warning: the hard file-descriptor limit %d is below the %d needed", hard, needed)
     return hard, hard
-
-
-def worker_pid(master_pid: int) -> int:
-    """The one gunicorn worker: the master's child process."""
-    children = [
-        int(pid)
-        for children_file in Path(f"/proc/{master_pid}/task").glob("*/children")
-        for pid in children_file.read_text().split()
-    ]
-    if len(children) != 1:
-        raise SystemExit(f"expected one gunicorn worker, found {children}")
-    return children[0]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of `pid` (VmRSS), KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no VmRSS for pid {pid}")
 
 
 def cpu_s(pid: int) -> float:

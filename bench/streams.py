@@ -64,7 +64,7 @@ from gevent.event import Event  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from bench._report import report_logger  # noqa: E402
+from bench._report import report_logger, rss_kib, worker_pid  # noqa: E402
 from bench._setup import access_token, prod_secrets, server_env  # noqa: E402
 from tests.support.servers import gunicorn  # noqa: E402
 
@@ -117,24 +117,9 @@ def local_app(env: dict[str, str]) -> Any:
     return create_app()
 
 
-def worker_pid(master_pid: int) -> int:
-    """The one worker: the gunicorn master's child process."""
-    children = [
-        int(pid)
-        for children_file in Path(f"/proc/{master_pid}/task").glob("*/children")
-        for pid in children_file.read_text().split()
-    ]
-    if len(children) != 1:
-        raise SystemExit(f"expected one gunicorn worker, found {children}")
-    return children[0]
-
-
 def rss_mib(pid: int) -> float:
-    """Resident set size of `pid` (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"no VmRSS for pid {pid}")
+    """Resident set size of `pid`, MiB."""
+    return rss_kib(pid) / 1024
 
 
 def cpu_s(pid: int) -> float:
