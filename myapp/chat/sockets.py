@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +38,10 @@ from myapp.core.config import current_settings
 from myapp.core.context import Actor
 from myapp.core.db import read_in_autocommit, release_connection
 from myapp.core.errors import UNAVAILABLE_ERRORS, AppError, flatten_messages
-from myapp.core.guards import parse_budget
+from myapp.core.guards import parse_budget, spend_budget
 from myapp.core.logging import get_logger
 from myapp.core.metrics import app_counter, app_histogram
 from myapp.core.realtime import Connection, realtime
-from myapp.core.redis import redis_client, redis_key
 from myapp.core.tasks import celery_app
 from myapp.flags import service as flags_service
 
@@ -126,17 +124,12 @@ def _as_app_error(error: Exception, event: str) -> AppError:
 def _spend_event_budget(user_id: str) -> None:
     """`CHAT_EVENT_LIMIT` per user, across processes; Redis down: allowed (logged)."""
     budget = parse_budget(current_settings().chat_event_limit)
-    window = int(time.time()) // budget.seconds
-    key = redis_key("ratelimit", "chat", "event", user_id, str(window))
     try:
-        pipe = redis_client().pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, budget.seconds + 1)
-        used, _ = pipe.execute()
+        use = spend_budget(("chat", "event", user_id), budget)
     except redis.exceptions.RedisError as error:
         log.warning("chat.budget_unavailable", error_type=type(error).__name__)
         return
-    if used > budget.amount:
+    if use.exceeded:
         raise AppError("RATE_LIMITED", "Too many events; slow down.")
 
 

@@ -128,6 +128,15 @@ def _run_guards(keys: tuple[str, str], args: tuple[int, int]) -> list[int]:
         return client.evalsha(GUARDS_SHA, 2, *keys, *args)
 
 
+def spend_budget(scope: tuple[str, ...], budget: Budget) -> BudgetUse:
+    """Count one use of `budget` by `scope` in the current window, with the same script
+    as the request guards (one round trip). Raises when Redis is down."""
+    window = int(time.time()) // budget.seconds
+    counter = redis_key("ratelimit", *scope, str(window))
+    used, _ = _run_guards((counter, ""), (budget.seconds, 0))
+    return BudgetUse(budget=budget, used=int(used), resets_at=(window + 1) * budget.seconds)
+
+
 def check_guards() -> None:
     """Step: count the budget and look the token up in the denylist, in one round trip."""
     scope, credentials = _budget_scope(), current_credentials()
