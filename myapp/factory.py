@@ -19,7 +19,16 @@ from myapp.auth.routes import blp as auth_blp
 from myapp.chat.routes import blp as chat_blp
 from myapp.chat.sockets import ChatNamespace, init_chat_metrics
 from myapp.cli import register_cli, register_seeder
-from myapp.core import admission, bodies, context, guards, idempotency, pipeline, security
+from myapp.core import (
+    admission,
+    bodies,
+    context,
+    guards,
+    idempotency,
+    pipeline,
+    security,
+    tracing,
+)
 from myapp.core import db as database
 from myapp.core.api import SWAGGER_UI_URL, api, serve_swagger_ui_assets
 from myapp.core.cache import init_cache
@@ -110,8 +119,15 @@ def request_pipeline() -> pipeline.Pipeline:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app. Invalid configuration raises `ConfigError` (exit status 1)."""
     settings = settings or load_settings()
-    configure_logging(level=settings.log_level, fmt=settings.log_format, sql=settings.log_sql)
+    tracing.init_tracing(settings)  # before any client exists; a no-op unless configured
+    configure_logging(
+        level=settings.log_level,
+        fmt=settings.log_format,
+        sql=settings.log_sql,
+        extra=tracing.log_processors(),
+    )
     app = Flask("myapp", static_folder=None)  # an API: no static route
+    tracing.instrument_app(app)  # the first request hook: its span covers all the others
     app.json.sort_keys = False  # keep `success` first, as clients read it
     app.url_map.merge_slashes = False  # `//` would be answered with a redirect
     app.config.from_mapping(flask_config(settings))

@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     log_sql: bool = False
+    # Tracing, optional (requirements-otel.txt): on when a collector's OTLP/HTTP base URL is set.
+    otel_exporter_otlp_endpoint: str | None = Field(None, pattern=r"^https?://[^\s?#]+$")
+    otel_service_name: str = ""  # empty: APP_NAME
+    otel_traces_sampler_arg: float = Field(1.0, ge=0, le=1, description="share of traces kept")
 
     port: int = Field(8000, ge=1, le=65535)
     web_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)

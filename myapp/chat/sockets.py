@@ -33,6 +33,7 @@ from flask_socketio import Namespace
 from myapp.auth import service as auth_service
 from myapp.chat import inbox, presence, service
 from myapp.chat.schemas import DeleteSchema, RoomRefSchema, SendSchema
+from myapp.core import tracing
 from myapp.core.admission import admitted
 from myapp.core.config import current_settings
 from myapp.core.context import Actor
@@ -149,6 +150,11 @@ class ChatNamespace(Namespace):
 
     def __init__(self) -> None:
         super().__init__(NAMESPACE)
+
+    def trigger_event(self, event: str, *args: Any) -> Any:
+        """Every event (connect and disconnect too) in a span of its own when tracing."""
+        with tracing.span(f"socket.io {event}", kind="server"):
+            return super().trigger_event(event, *args)
 
     # -- connection ---------------------------------------------------------------------
     def on_connect(self, auth: Any = None) -> None:

@@ -17,6 +17,8 @@ import structlog
 from flask import Response, g, request
 from ulid import ULID
 
+from myapp.core import tracing
+
 REQUEST_ID_HEADER = "X-Request-ID"
 #: Probes and scrapes: they skip the admission queue and the budget, and log quietly.
 OPERATIONAL_PREFIXES = ("/health", "/metrics")
@@ -90,6 +92,7 @@ def bind_request_id(request_id: str) -> None:
     """Make `request_id` current for logs, SQL comments and task headers."""
     request_id_var.set(request_id)
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    tracing.annotate("request_id", request_id)
 
 
 def current_request_id() -> str | None:

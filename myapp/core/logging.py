@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -167,9 +167,13 @@ def _renderer(fmt: str) -> Any:
     return structlog.processors.JSONRenderer()
 
 
-def configure_logging(*, level: str = "INFO", fmt: str = "json", sql: bool = False) -> None:
-    """Route every logger through one masked structlog pipeline writing to stderr."""
-    shared = _shared_processors()
+def configure_logging(
+    *, level: str = "INFO", fmt: str = "json", sql: bool = False, extra: Iterable[Any] = ()
+) -> None:
+    """Route every logger through one masked structlog pipeline writing to stderr.
+
+    `extra`: processors added to every line's (trace ids when tracing is on)."""
+    shared = [*_shared_processors(), *extra]
     structlog.configure(
         processors=[
             *shared,

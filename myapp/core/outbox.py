@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import Uuid
 
+from myapp.core import tracing
 from myapp.core.config import current_settings
 from myapp.core.context import current_request_id
 from myapp.core.db import unit_of_work
@@ -76,6 +77,8 @@ class OutboxEvent(db.Model):
     aggregate_id: Mapped[str] = mapped_column(String(64), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     request_id: Mapped[str | None] = mapped_column(String(128))
+    #: The emitting request's trace context (W3C traceparent) when tracing is on.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
@@ -85,8 +88,11 @@ class OutboxEvent(db.Model):
 _APPEND = text(
     """
     WITH serialised AS (SELECT pg_advisory_xact_lock(:lock_class, hashtext(:lock_key)))
-    INSERT INTO outbox (event_id, name, aggregate_type, aggregate_id, payload, request_id)
-    SELECT :event_id, :name, :aggregate_type, :aggregate_id, CAST(:payload AS jsonb), :request_id
+    INSERT INTO outbox (
+        event_id, name, aggregate_type, aggregate_id, payload, request_id, traceparent
+    )
+    SELECT :event_id, :name, :aggregate_type, :aggregate_id, CAST(:payload AS jsonb),
+           :request_id, :traceparent
     FROM serialised
     """
 )
@@ -94,7 +100,7 @@ _APPEND = text(
 _CLAIM = text(
     """
     SELECT o.id, o.event_id, o.name, o.aggregate_type, o.aggregate_id, o.payload,
-           o.request_id, o.created_at
+           o.request_id, o.traceparent, o.created_at
     FROM outbox o
     WHERE o.sent_at IS NULL
       AND NOT EXISTS (
@@ -137,6 +143,7 @@ def append(
             "aggregate_id": aggregate_id,
             "payload": payload,
             "request_id": current_request_id(),
+            "traceparent": tracing.traceparent(),
         },
     )
 
@@ -191,15 +198,16 @@ def relay_batch(limit: int) -> int:
                 for row in rows:
                     body = {"event": message(row)}
                     for task_name in config.subscriptions.get(row.name, ()):
-                        celery.send_task(
-                            task_name,
-                            kwargs=body,
-                            task_id=f"{row.event_id}:{task_name}",
-                            headers={REQUEST_ID_HEADER: row.request_id},
-                            argsrepr="()",  # replaced by the masked form at publish
-                            kwargsrepr="{}",
-                            producer=producer,
-                        )
+                        with tracing.continued(row.traceparent):  # the emitter's trace
+                            celery.send_task(
+                                task_name,
+                                kwargs=body,
+                                task_id=f"{row.event_id}:{task_name}",
+                                headers={REQUEST_ID_HEADER: row.request_id},
+                                argsrepr="()",  # replaced by the masked form at publish
+                                kwargsrepr="{}",
+                                producer=producer,
+                            )
             sent = [row.id for row in rows]
         except (BrokerError, BatchPublishError, OSError) as error:
             failure = error
@@ -236,6 +244,18 @@ def purge_sent(*, before: datetime) -> int:
         return db.session.execute(
             text("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < :before"),
             {"before": before},
+        ).rowcount
+
+
+def resend_since(since: datetime) -> int:
+    """Mark events published at or after `since` pending again; how many.
+
+    For a broker that lost messages (a Redis broker restarted without its last writes): the
+    relays publish them again, and subscribers, which dedupe by event id, run each once.
+    """
+    with unit_of_work():
+        return db.session.execute(
+            text("UPDATE outbox SET sent_at = NULL WHERE sent_at >= :since"), {"since": since}
         ).rowcount
 
 
