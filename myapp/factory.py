@@ -198,6 +198,7 @@ def register_extensions(app: Flask, settings: Settings) -> Redis:
 def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     """What domains plug into the platform and into each other; their commands."""
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
+    auth_service.init_auth_metrics(app)
     realtime(app).login_check = auth_service.open_logins
     socketio.on_namespace(ChatNamespace())
     init_chat_metrics(app)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import Flask, current_app
+from prometheus_client import Counter
 from sqlalchemy import Exists, String, Uuid, any_, bindparam, cast, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -23,6 +25,7 @@ from myapp.core.context import Actor, Credentials, current_actor, current_client
 from myapp.core.db import new_id, retry_on_disconnect, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.guards import deny_token, is_denied
+from myapp.core.metrics import app_counter
 from myapp.core.permissions import permissions_for
 from myapp.extensions import db
 from myapp.users import service as users_service
@@ -76,15 +79,25 @@ def _open_session(user: Any) -> dict[str, Any]:
     return _issue(user, session)
 
 
+def init_auth_metrics(app: Flask) -> Counter:
+    """`auth_login_failures_total{reason}`: failed logins by why (the client is never told
+    which). Many `unknown_user` look like credential stuffing; many `wrong_password` on
+    few accounts like guessing."""
+    return app_counter(app, "auth_login_failures_total", "Failed logins", ("reason",))
+
+
 def login(*, email: str, password: str) -> dict[str, Any]:
     """Check credentials; same answer and similar time for unknown email and wrong password."""
     user = users_service.find_for_login(email=email)
     if user is None:
         passwords.burn_verification(password)
-        ok = False
+        failure = "unknown_user"
+    elif not passwords.verify_password(user.password_hash, password):
+        failure = "wrong_password"
     else:
-        ok = passwords.verify_password(user.password_hash, password) and user.is_active
-    if not ok:
+        failure = None if user.is_active else "inactive"
+    if failure:
+        init_auth_metrics(current_app).labels(failure).inc()
         with unit_of_work():
             audit.record(
                 action=audit.AuditAction.LOGIN_FAILED,

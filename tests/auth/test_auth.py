@@ -289,6 +289,39 @@ def test_successful_logins_do_not_spend_the_account_budget(client, make_user):
         login(client, "busy@example.com")
 
 
+def test_failed_logins_are_counted_by_reason_and_answered_alike(client, make_user):
+    make_user(email="counted@example.com")
+    make_user(email="away@example.com", status="suspended")
+    tries = {
+        "unknown_user": ("nobody-here@example.com", PASSWORD),
+        "wrong_password": ("counted@example.com", "not-the-password"),
+        "inactive": ("away@example.com", PASSWORD),
+    }
+    before = login_failures(client)
+    answers = {
+        reason: client.post("/v1/auth/login", json={"email": email, "password": password})
+        for reason, (email, password) in tries.items()
+    }
+    after = login_failures(client)
+    assert {
+        reason: after.get(reason, 0) - before.get(reason, 0) for reason in tries
+    } == dict.fromkeys(tries, 1)
+    bodies = {reason: (a.status_code, a.get_json()["error"]) for reason, a in answers.items()}
+    assert len(set(map(json.dumps, bodies.values()))) == 1  # the client cannot tell them apart
+    login(client, "counted@example.com")
+    assert login_failures(client) == after
+
+
+def login_failures(client) -> dict[str, float]:
+    text = client.get("/metrics").get_data(as_text=True)
+    prefix = 'auth_login_failures_total{reason="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
 def test_login_audit_rows(client, make_user, db_session):
     user = make_user(email="aud@example.com")
     client.post("/v1/auth/login", json={"email": "aud@example.com", "password": "wrong-password"})
