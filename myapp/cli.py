@@ -160,6 +160,14 @@ def outbox_relay() -> None:
     relay.run()
 
 
+@outbox_cli.command("resend")
+@click.option("--since", "since", required=True, help="10m, 2h or an ISO date/time.")
+@with_appcontext
+def outbox_resend(since: str) -> None:
+    """Publish again the events published since --since (after a broker lost messages)."""
+    click.echo(f"{outbox.resend_since(_parse_before(since))} events will be published again")
+
+
 @outbox_cli.command("purge")
 @click.option("--before", "before", default="7d", show_default=True, help="30d, 12h or ISO.")
 @with_appcontext

@@ -81,6 +81,30 @@ def test_outbox_status_counts_what_waits(app, db_session):
     assert output.startswith("backlog=3 oldest_age_s=")
 
 
+def test_outbox_resend_makes_recently_published_events_pending_again(app, db_session):
+    with app.app_context(), unit_of_work():
+        for n in range(3):
+            events.emit("test.ping", aggregate_type="resend", aggregate_id=n, payload={})
+    db_session.execute(
+        text(
+            "UPDATE outbox SET sent_at = now() - make_interval(hours => CAST(aggregate_id AS int))"
+            " WHERE aggregate_type = 'resend'"
+        )
+    )  # published just now, an hour ago and two hours ago
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["outbox", "resend", "--since", "90m"]).output.strip() == (
+        "2 events will be published again"
+    )
+    pending = db_session.execute(
+        text(
+            "SELECT aggregate_id FROM outbox WHERE aggregate_type = 'resend' AND sent_at IS NULL"
+            " ORDER BY 1"
+        )
+    ).scalars()
+    assert list(pending) == ["0", "1"]
+    assert runner.invoke(args=["outbox", "resend", "--since", "soon"]).exit_code == 2
+
+
 def test_a_dead_letter_that_cannot_be_written_is_still_logged_without_its_arguments(make_app, logs):
     app = make_app(database_url="postgresql+psycopg://postgres@127.0.0.1:1/gone")
     task = celery_app(app).tasks["tests.flaky"]  # bound to this app, whose database is down
