@@ -17,6 +17,15 @@ answers and socket errors (goal: 0 and 0).
 
     .venv/bin/python -m bench.hot_path [--rounds 5] [--seconds 10] [--profile DIR]
 
+Optional extra servers in the same alternation (each runs the project's prod profile):
+
+- `--tracing`: "traced", the project with OpenTelemetry on, exporting every span over
+  OTLP/HTTP to a sink in this process that reads and discards them (the cost of tracing
+  on, a sampling ratio of 1);
+- `--baseline REV`: "baseline", the project at git revision REV (a temporary worktree),
+  e.g. the commit before a change, to show what the change costs with everything else
+  equal (`--baseline HEAD~1`).
+
 `--profile DIR` records the project's workers with py-spy during one extra round
 (collapsed stacks in DIR, loadable by speedscope or flamegraph.pl) and prints the
 frames holding the largest share of samples (py-spy from requirements-dev.txt; needs
@@ -26,6 +35,7 @@ ptrace rights).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -33,8 +43,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench._profile import py_spy, top_frames
@@ -43,6 +56,7 @@ from bench._setup import access_token, prod_secrets, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.hot_path")
+ROOT = Path(__file__).resolve().parents[1]
 ROUTE = "/v1/users/me"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -103,6 +117,123 @@ def prod_env(workdir: Path) -> dict[str, str]:
     )
 
 
+class SpanSink:
+    """An OTLP/HTTP endpoint that accepts every export and keeps nothing."""
+
+    def __enter__(self) -> SpanSink:
+        class Discard(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Discard)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def worktree(revision: str, path: Path) -> Iterator[Path]:
+    """A temporary checkout of `revision` (removed afterwards)."""
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+
+
+def extra_servers(
+    stack: ExitStack, args: argparse.Namespace, env: dict[str, str], workdir: Path
+) -> dict[str, str]:
+    """Start `--tracing`'s and `--baseline`'s servers; their base URL and checkout by name."""
+    wanted: dict[str, tuple[dict[str, str], Path]] = {}
+    if args.tracing:
+        sink = stack.enter_context(SpanSink())
+        wanted["traced"] = ({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url}, ROOT)
+    if args.baseline:
+        wanted["baseline"] = (env, stack.enter_context(worktree(args.baseline, workdir / "tree")))
+    servers = {}
+    for name, (extra_env, root) in wanted.items():
+        metrics_dir = str(workdir / f"prometheus-{name}")
+        _, base = stack.enter_context(
+            gunicorn(
+                "wsgi:app",
+                workers=args.workers,
+                env={**extra_env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir},
+                log_file=workdir / f"{name}.log",
+                root=root,
+            )
+        )
+        servers[name] = (base, root)
+    return servers
+
+
+def calls_per_request(root: Path, env: dict[str, str], token: str) -> float:
+    """Python calls per request of the checkout at `root` (`bench/_call_count.py`)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "_call_count.py"),
+            "--route",
+            ROUTE,
+            "--token",
+            token,
+        ],
+        cwd=root,
+        env={**os.environ, **env, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(done.stdout)["calls_per_request"]
+
+
+def report_extras(
+    runs: dict[str, list[WrkResult]],
+    calls: dict[str, float],
+    *,
+    peer_rps: float,
+    project: tuple[float, float],
+) -> None:
+    """The traced and baseline servers against the peer and the project."""
+    project_rps, project_p99 = project
+    for extra in ("traced", "baseline"):
+        if extra in runs:
+            extra_rps, extra_p99 = summary(extra, runs[extra])
+            log.info(
+                "  %s/peer %.2f; project/%s %.3f (p99 %.1f vs %.1f ms)",
+                extra,
+                extra_rps / peer_rps,
+                extra,
+                project_rps / extra_rps,
+                project_p99,
+                extra_p99,
+            )
+    if calls:
+        log.info(
+            "  Python calls per request, in-process (a count, immune to noise): project %.1f,"
+            " baseline %.1f (%+.1f)",
+            calls["project"],
+            calls["baseline"],
+            calls["project"] - calls["baseline"],
+        )
+
+
 def summary(name: str, runs: list[WrkResult]) -> tuple[float, float]:
     """Log one side's medians; return (median req/s, median p99)."""
     rps = statistics.median(r.rps for r in runs)
@@ -127,6 +258,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="project setting"
     )
+    parser.add_argument("--tracing", action="store_true", help="add the project, traced")
+    parser.add_argument("--baseline", metavar="REV", help="add the project at this revision")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         log.info("wrk is missing: apt-get install wrk")
@@ -149,14 +282,21 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         )
         token = access_token(project_base)
         targets = {"project": project_base + ROUTE, "peer": peer_base + ROUTE}
+        extras = extra_servers(stack, args, env, workdir)
+        targets.update({name: base + ROUTE for name, (base, _) in extras.items()})
+        calls = {}
+        if "baseline" in extras:
+            calls = {"project": calls_per_request(ROOT, env, token)}
+            calls["baseline"] = calls_per_request(extras["baseline"][1], env, token)
         for url in targets.values():
             warm = wrk(url, token, 3, args.connections)
             if warm.non_2xx or warm.socket_errors:
                 log.info("warm-up failed on %s: %s", url, warm)
                 return 1
         runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
+        names = list(targets)
         for n in range(args.rounds):
-            order = list(targets) if n % 2 == 0 else list(reversed(targets))
+            order = names[n % len(names) :] + names[: n % len(names)]  # each leads in turn
             for name in order:
                 runs[name].append(wrk(targets[name], token, args.seconds, args.connections))
         flood = wrk(targets["project"], token, args.seconds, args.flood)
@@ -184,6 +324,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         ratio,
         project_p99,
     )
+    report_extras(runs, calls, peer_rps=peer_rps, project=(project_rps, project_p99))
     log.info("  non-2xx + socket errors over all rounds: %d", errors)
     log.info("Flood: wrk -c%d for %.0f s", args.flood, args.seconds)
     for name, result in (("project", flood), ("peer", flood_peer)):

@@ -180,6 +180,7 @@ def gunicorn(
     log_file: Path | None = None,
     count_workers: bool = True,
     measured: bool = True,
+    root: Path = ROOT,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run gunicorn with our config on a socket bound here; yield the process and base URL.
 
@@ -187,7 +188,8 @@ def gunicorn(
     for an app without our metrics: once one answers `/health/live`). The process gets a
     `stderr_text()` method for tests that read what it logged; with `log_file` its stderr
     goes straight to that file instead (benchmarks: no reader competing for the CPU).
-    `measured=False` runs it without coverage, for tests that time it.
+    `measured=False` runs it without coverage, for tests that time it. `root`: another
+    checkout of the project to serve (a benchmark's baseline revision).
     """
     sock = listening_socket()
     port = sock.getsockname()[1]
@@ -199,14 +201,14 @@ def gunicorn(
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
         "SHUTDOWN_DRAIN_SECONDS": str(drain),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
     }
     process = subprocess.Popen(
         [
             *(str(BIN / "gunicorn"), "-c", "docker/gunicorn.conf.py"),
             *("--bind", f"fd://{sock.fileno()}", app),
         ],
-        cwd=ROOT,
+        cwd=root,
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=log_file.open("w") if log_file else subprocess.PIPE,
