@@ -81,17 +81,22 @@ print(json.dumps({"attempts": sorted(set(attempts)), "loaded": sorted(loaded)}))
 """.replace("print(", "import json; print(", 1)
 
 
-def _run_untraced(database_url: str, mode: str) -> dict:
-    env = {**_inherited(), **server_env(database_url), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", _UNTRACED_PROCESS, mode],
+def _python(code: str, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter with `env` over ours (minus any OTEL_* variable)."""
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
         cwd=ROOT,
-        env=env,
+        env={**inherited, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def _run_untraced(database_url: str, mode: str) -> dict:
+    done = _python(_UNTRACED_PROCESS, server_env(database_url), mode)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -114,25 +119,11 @@ def test_an_endpoint_without_the_packages_is_a_clear_configuration_error(tmp_pat
     # A package directory that shadows `opentelemetry` with nothing importable in it.
     (tmp_path / "opentelemetry").mkdir()
     (tmp_path / "opentelemetry" / "__init__.py").write_text("raise ImportError('absent')\n")
-    env = {
-        **server_env(database_url, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318"),
-        "PYTHONPATH": f"{tmp_path}:{ROOT}",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", "from myapp import create_app; create_app()"],
-        cwd=ROOT,
-        env={**_inherited(), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = server_env(database_url, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    env["PYTHONPATH"] = f"{tmp_path}:{ROOT}"
+    done = _python("from myapp import create_app; create_app()", env)
     assert done.returncode == 1
     assert "pip install -r requirements-otel.txt" in done.stderr
-
-
-def _inherited() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
 
 
 @pytest.fixture
