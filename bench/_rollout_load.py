@@ -1,17 +1,20 @@
 """The load generator of `bench/rollout.py`: a balancer, HTTP load and chat clients (gevent).
 
 Run by `bench/rollout.py` as a separate process (never by hand): `python -m
-bench._rollout_load PLAN.json`. It reads commands on stdin (`add web|rt URL`, `snapshot`,
-`stop`) and writes one JSON object per line on stdout.
+bench._rollout_load PLAN.json`. It reads commands on stdin (`add web|rt URL`, `static
+web|rt on|off`, `start`, `ping`, `snapshot`, `stop`) and writes one JSON object per line
+on stdout.
 
 - Balancer: two pools (`web`, `rt`) of backends. Every backend is probed with `GET
-  /health/ready` every `probe_s` (1 s); only a backend whose last probe answered 200 gets
-  traffic (round-robin); an answer other than 200 takes it out at once, a probe without an
-  answer (2 s timeout) only the third in a row (a loaded host answers late). A new backend
-  gets traffic once its probe answers 200, an old one stops getting it once its probe
-  answers non-200 (the drain) or fails three times. Nothing else tells
-  the balancer a backend goes away: readiness is the only signal, as with a Service whose
-  endpoints follow readiness.
+  /health/ready` every `probe_s` (1 s), on a new connection each time; only a backend
+  whose last probe answered 200 gets traffic (round-robin); an answer other than 200 takes
+  it out at once, a probe without an answer (2 s timeout) only the third in a row (a
+  loaded host answers late). A new backend gets traffic once its probe answers 200, an
+  old one stops getting it once its probe answers non-200 (the drain) or fails three
+  times. Nothing else tells the balancer a backend goes away: readiness is the only
+  signal, as with a Service whose endpoints follow readiness. `static web on` routes to
+  every backend still known, ready or not (a plain upstream list): what a process does by
+  itself, readiness aside.
 - HTTP load at `rate` req/s: `GET /v1/users/me` and (one in `write_every`) `PATCH
   /v1/users/me` setting the name to a fixed value (idempotent). A request that fails at
   connection level (refused, reset, timeout, closed before any answer) is retried ONCE on
@@ -46,6 +49,9 @@ from gevent.fileobject import FileObjectPosix  # noqa: E402
 from bench._chat_load import Client, RefusedError  # noqa: E402
 
 HTTP = urllib3.PoolManager(num_pools=50, maxsize=100, retries=False)
+# Probes on a connection of their own each (as the kubelet's, without keep-alive): a pooled
+# connection would keep asking the same gunicorn worker of a backend.
+PROBES = urllib3.PoolManager(num_pools=50, maxsize=1, retries=False)
 TIMEOUT = urllib3.Timeout(connect=2, read=10)
 
 
@@ -63,6 +69,7 @@ class Pool:
         self.probe_s = probe_s
         self.ready: dict[str, bool] = {}
         self.gone: set[str] = set()
+        self.static = False  # route to every known backend, ready or not
         self._rr = itertools.count()
 
     def add(self, url: str) -> None:
@@ -73,8 +80,12 @@ class Pool:
         misses = 0
         while True:
             try:
-                answer = HTTP.request(
-                    "GET", f"{url}/health/ready", timeout=urllib3.Timeout(2, 2), retries=False
+                answer = PROBES.request(
+                    "GET",
+                    f"{url}/health/ready",
+                    headers={"Connection": "close"},
+                    timeout=urllib3.Timeout(2, 2),
+                    retries=False,
                 )
                 ok = answer.status == 200  # an answer (the drain's 503) counts at once
                 misses = 0
@@ -90,9 +101,9 @@ class Pool:
             gevent.sleep(self.probe_s)
 
     def pick(self, avoid: str | None = None) -> str | None:
-        live = [url for url, ok in self.ready.items() if ok and url != avoid]
+        live = [url for url, ok in self.ready.items() if (ok or self.static) and url != avoid]
         if not live:
-            live = [url for url, ok in self.ready.items() if ok]
+            live = [url for url, ok in self.ready.items() if ok or self.static]
         return live[next(self._rr) % len(live)] if live else None
 
 
@@ -339,10 +350,13 @@ def main() -> None:
         verb, *rest = command.split()
         if verb == "add":
             pools[rest[0]].add(rest[1])
+        elif verb == "static":
+            pools[rest[0]].static = rest[1] == "on"
         elif verb == "ping":
             emit(event="pong")
         elif verb == "start" and not started:
             started = True
+            load.stats.reset()  # the first gap counts from the first request, not from setup
             gevent.spawn(load.run)
             for member in members:
                 gevent.spawn(member.run)
