@@ -18,6 +18,8 @@ PERIODIC_JOBS: tuple[PeriodicJob, ...] = (
     PeriodicJob("expire-events", "maintenance.expire_events", 600.0),
     # Blobs no file row names, and deleted files whose removal did not finish.
     PeriodicJob("files-sweep", "files.sweep", crontab(minute=41)),
+    # Running jobs whose worker died (their lock lapsed): queued again, or failed.
+    PeriodicJob("jobs-reclaim", "jobs.reclaim_abandoned", 60.0, queue="default"),
     # Chat rooms whose accepted messages waited over 30 s (their persist task was lost).
     PeriodicJob("chat-sweep-inboxes", "chat.sweep_inboxes", 60.0, queue="chat"),
 )

@@ -16,12 +16,14 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -30,10 +32,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import make_url
+from sqlalchemy import make_url, select
 
 from myapp import create_app
 from myapp.core.config import current_settings
+from myapp.core.db import unit_of_work
 from myapp.core.redis import redis_client
 from myapp.core.tasks import QUEUES, celery_app
 from myapp.devservices.secrets import generate as generate_local_secrets
@@ -41,6 +44,7 @@ from myapp.extensions import db, limiter
 from myapp.flags import service as flags_service
 from myapp.flags.cache import FlagCache, flag_cache
 from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
+from myapp.users.models import Role, User
 from myapp.users.seed import seed_roles
 from tests.support.routes import register_test_routes
 
@@ -195,6 +199,42 @@ def make_app(app: Flask, database_url: str) -> Callable[..., Flask]:
     # proxies resolve to): give that back to the session app, whose broker outlives this test.
     celery_app(app).set_current()
     celery_app(app).set_default()
+
+
+@dataclass(frozen=True)
+class OwnDatabase:
+    """A migrated database no other test uses, and an app bound to it."""
+
+    url: str
+    app: Flask
+    #: Redis key prefix of its own: give its servers `APP_NAME=app_name`.
+    app_name: str
+    manager_email: str
+
+
+@pytest.fixture
+def own_database(request, make_app, password_hash) -> Iterator[OwnDatabase]:
+    """For tests whose served processes must not share work with other tests' workers and
+    outbox relays (which would take their jobs): a database and a Redis prefix of their
+    own, migrated and seeded, with a manager (`PASSWORD`) who may export users."""
+    suffix = re.sub(r"\W", "_", request.node.name)[:24].lower()
+    name = f"{TEST_DB_NAME}_{suffix}"
+    url = recreate_database(name)
+    app_name = f"{TEST_APP_NAME}-{suffix.replace('_', '-')}"[:31].rstrip("-")
+    app = make_app(database_url=url, app_name=app_name)
+    email = f"manager-{secrets.token_hex(4)}@own.test"
+    with app.app_context():
+        upgrade()
+        seed_roles()
+        flags_service.seed()
+        with unit_of_work():
+            manager = User(email=email, name="Manager", password_hash=password_hash)
+            manager.roles = list(db.session.scalars(select(Role).where(Role.name == "manager")))
+            db.session.add(manager)
+    yield OwnDatabase(url=url, app=app, app_name=app_name, manager_email=email)
+    with app.app_context():
+        db.engine.dispose()
+    drop_database(name)
 
 
 def clear_redis_prefix(client: Any, prefix: str) -> None:

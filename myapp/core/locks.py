@@ -50,6 +50,11 @@ class Held:
     token: int
 
 
+def is_held(name: str, *, client: Redis | None = None) -> bool:
+    """Whether somebody holds lock `name` now (a live holder keeps extending it)."""
+    return bool((client or redis_client()).exists(redis_key("lock", name)))
+
+
 @contextmanager
 def distributed_lock(
     name: str,

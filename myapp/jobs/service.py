@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from myapp.core import events, streams
 from myapp.core.context import Actor
 from myapp.core.db import separate_transaction, unit_of_work
 from myapp.core.errors import AppError
-from myapp.core.locks import LockNotAcquiredError, distributed_lock
+from myapp.core.locks import LockNotAcquiredError, distributed_lock, is_held
 from myapp.core.logging import get_logger
 from myapp.extensions import db
 from myapp.jobs.models import FINAL_STATUSES, Job, JobStatus
@@ -38,7 +38,19 @@ from myapp.jobs.models import FINAL_STATUSES, Job, JobStatus
 log = get_logger(__name__)
 JOB_QUEUED = "job.queued"
 _RUNNERS = "myapp.job_runners"
-_LOCK_TTL = 60.0
+#: A running job's lock: extended by its live runner every third of this, so it outlives a
+#: dead one by at most this long.
+_LOCK_TTL = 30.0
+#: Runs a job may start (each cut short by a dead worker counts) before it is failed.
+MAX_ATTEMPTS = 3
+
+
+class AbandonedError(Exception):
+    """The job's worker died in each of its `MAX_ATTEMPTS` runs."""
+
+
+def _lock_name(job_id: uuid.UUID) -> str:
+    return f"jobs.{job_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +105,13 @@ def start_job(*, kind: str, owner_id: uuid.UUID, params: Mapping[str, Any] | Non
     job = Job(owner_id=owner_id, kind=kind, params=dict(params or {}), status=JobStatus.QUEUED)
     db.session.add(job)
     db.session.flush()
-    events.emit(JOB_QUEUED, aggregate_type="job", aggregate_id=job.id, payload={"kind": kind})
+    _queue(job)
     return job
+
+
+def _queue(job: Job) -> None:
+    """The event that makes a worker run `job` (through the outbox, with its transaction)."""
+    events.emit(JOB_QUEUED, aggregate_type="job", aggregate_id=job.id, payload={"kind": job.kind})
 
 
 def get_job(*, job_id: uuid.UUID, actor: Actor) -> Job:
@@ -121,7 +138,7 @@ def _claim(job_id: uuid.UUID) -> JobRun | None:
 def run_job(*, job_id: uuid.UUID) -> bool:
     """Worker: run a queued job to its end. False when there was nothing to run."""
     try:
-        with distributed_lock(f"jobs.{job_id}", ttl=_LOCK_TTL, auto_extend=True):
+        with distributed_lock(_lock_name(job_id), ttl=_LOCK_TTL, auto_extend=True):
             run = _claim(job_id)
             if run is None:
                 return False
@@ -145,6 +162,39 @@ def run_job(*, job_id: uuid.UUID) -> bool:
     _notify(run, "job.succeeded", progress=100, result=result)
     log.info("jobs.succeeded", job_id=str(job_id), kind=run.kind)
     return True
+
+
+def reclaim_abandoned() -> int:
+    """Queue again the running jobs no worker holds; how many (beat, every minute).
+
+    A job is `running` only while its runner holds the job's lock, which a live runner
+    keeps extending: a running job whose lock is gone lost its worker (killed, out of
+    memory, node gone). The broker gives such a message back in time (Redis after its
+    visibility timeout, RabbitMQ when the connection drops), but not always usefully: one
+    that comes back before the dead runner's lock expired is acknowledged as a duplicate,
+    and a broker that lost it never gives it back. A new `job.queued` event runs it again
+    (a duplicate delivery finds it running or final and does nothing); after
+    `MAX_ATTEMPTS` starts it is failed instead.
+    """
+    running = db.session.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING)).all()
+    reclaimed = 0
+    for job_id in running:
+        if is_held(_lock_name(job_id)):
+            continue
+        with unit_of_work():
+            job = db.session.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != JobStatus.RUNNING:
+                continue
+            attempts = job.attempts
+            if attempts < MAX_ATTEMPTS:
+                job.status = JobStatus.QUEUED
+                _queue(job)
+        if attempts >= MAX_ATTEMPTS:
+            fail_job(job_id=job_id, error=AbandonedError(str(job_id)))
+        else:
+            log.warning("jobs.reclaimed", job_id=str(job_id), attempts=attempts)
+        reclaimed += 1
+    return reclaimed
 
 
 def fail_job(*, job_id: uuid.UUID, error: BaseException) -> None:

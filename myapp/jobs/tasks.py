@@ -37,3 +37,9 @@ class JobTask(BaseTask):
 def run(event: dict[str, Any]) -> bool:
     """Run the job named by a `job.queued` event (a final job is not run again)."""
     return service.run_job(job_id=uuid.UUID(Event.from_message(event).aggregate_id))
+
+
+@shared_task(base=BaseTask, name="jobs.reclaim_abandoned")
+def reclaim_abandoned() -> int:
+    """Beat: queue again the running jobs whose worker died (see the service)."""
+    return service.reclaim_abandoned()

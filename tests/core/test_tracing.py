@@ -13,24 +13,13 @@ import os
 import secrets
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
-from flask_migrate import upgrade
 
-from myapp.core.db import unit_of_work
-from myapp.extensions import db
-from myapp.flags import service as flags_service
-from myapp.users.models import Role, User
-from myapp.users.seed import seed_roles
 from tests.conftest import (
     PASSWORD,
-    TEST_APP_NAME,
-    TEST_DB_NAME,
-    drop_database,
-    recreate_database,
     server_env,
 )
 from tests.support.chat import ChatClient
@@ -126,26 +115,6 @@ def test_an_endpoint_without_the_packages_is_a_clear_configuration_error(tmp_pat
     assert "pip install -r requirements-otel.txt" in done.stderr
 
 
-@pytest.fixture
-def traced_database(make_app, password_hash):
-    """A migrated database of its own with a manager who may export users."""
-    name = f"{TEST_DB_NAME}_tracing"
-    url = recreate_database(name)
-    app = make_app(database_url=url)
-    email = f"tracer-{uuid.uuid4().hex[:8]}@tracing.test"
-    with app.app_context():
-        upgrade()
-        seed_roles()
-        flags_service.seed()
-        with unit_of_work():
-            manager = User(email=email, name="Tracer", password_hash=password_hash)
-            manager.roles = list(db.session.scalars(db.select(Role).where(Role.name == "manager")))
-            db.session.add(manager)
-        db.engine.dispose()
-    yield url, email
-    drop_database(name)
-
-
 def _descends_from(span: Span, ancestor: Span, by_id: dict[str, Span]) -> bool:
     while span.parent_id in by_id:
         span = by_id[span.parent_id]
@@ -155,13 +124,11 @@ def _descends_from(span: Span, ancestor: Span, by_id: dict[str, Span]) -> bool:
 
 
 @pytest.mark.slow
-def test_one_export_request_is_one_trace_through_the_outbox_and_the_worker(
-    traced_database, tmp_path
-):
-    url, email = traced_database
+def test_one_export_request_is_one_trace_through_the_outbox_and_the_worker(own_database, tmp_path):
+    url, email = own_database.url, own_database.manager_email
     with Collector() as collector:
         tracing_env = {
-            "APP_NAME": f"{TEST_APP_NAME}-tracing",
+            "APP_NAME": own_database.app_name,
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # read by the SDK: export every 100 ms
             "LOG_LEVEL": "INFO",
