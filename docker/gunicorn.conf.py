@@ -48,6 +48,10 @@ errorlog = "-"
 loglevel = _settings.log_level.lower()
 forwarded_allow_ips = "*" if _settings.trusted_proxy_hops else "127.0.0.1"
 proc_name = _settings.app_name
+# gunicorn's runtime control socket (gunicornc: resize, reload, stop) would be created under
+# $HOME, which is read-only in the image and shared by every master on a host; nothing here
+# uses it, and a control surface nobody needs is one to leave closed.
+control_socket_disable = True
 
 
 def on_starting(server):

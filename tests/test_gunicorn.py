@@ -45,6 +45,17 @@ def test_metrics_aggregate_across_two_workers(gunicorn_env):
             assert metric_count(text, "/_test/pid") == sent
 
 
+def test_no_control_socket_is_opened(gunicorn_env, tmp_path):
+    # gunicorn 25+ opens one under $HOME by default: a way to resize or stop the server that
+    # nothing here uses, in a directory the image does not let the process write.
+    home = tmp_path / "home"
+    home.mkdir()
+    with gunicorn(APP, workers=1, env={**gunicorn_env, "HOME": str(home)}) as (process, base):
+        assert get(f"{base}/health/live")[0] == 200
+    assert list(home.iterdir()) == []
+    assert "gunicorn.ctl" not in process.stderr_text()
+
+
 def test_ten_database_sleeps_overlap_on_one_gevent_worker(gunicorn_env):
     # Timing lives in bench/gevent_io.py; here the property itself: one process served all
     # ten at once, i.e. every sleep began before any of them ended.
