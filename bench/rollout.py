@@ -109,23 +109,18 @@ class Pod:
         return time.monotonic() - started
 
 
-class Worker:
-    """One Celery worker (the `worker` role), at nice `WORKER_NICE`: in a cluster a worker
-    pod has CPU of its own; on this one machine a CPU-bound export would otherwise take the
-    CPU the web pods need and the stall measured would be the co-location's."""
+class CeleryProcess:
+    """One `celery -A celery_worker.celery ...` process (a worker or beat pod), its output
+    in `<name>.log`; up once that log shows `ready`."""
 
-    def __init__(self, n: int, env: dict[str, str], workdir: Path) -> None:
-        self.name = f"worker-{n}"
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], workdir: Path, ready: str
+    ) -> None:
+        self.name = name
         self.log_path = workdir / f"{self.name}.log"
         self._out = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                *("nice", "-n", str(WORKER_NICE), str(BIN / "celery")),
-                *("-A", "celery_worker.celery", "worker", "--pool", "gevent"),
-                *("--queues", "default,chat,low", "--hostname", f"rollout-{n}@%h"),
-                *("--without-heartbeat", "--without-mingle", "--without-gossip"),
-                *("--loglevel", "INFO"),
-            ],
+            command,
             cwd=ROOT,
             env={
                 **os.environ,
@@ -137,7 +132,7 @@ class Worker:
             stderr=subprocess.STDOUT,
         )
         wait_until(
-            lambda: " ready." in self.log_path.read_text(errors="replace"),
+            lambda: ready in self.log_path.read_text(errors="replace"),
             60,
             f"{self.name} ready",
             interval=0.1,
@@ -151,6 +146,30 @@ class Worker:
         stop_process(self.process, timeout=window)
         self._out.close()
         return time.monotonic() - started, self.process.returncode == -signal.SIGKILL
+
+
+class Worker(CeleryProcess):
+    """One Celery worker (the `worker` role), at nice `WORKER_NICE`: in a cluster a worker
+    pod has CPU of its own; on this one machine a CPU-bound export would otherwise take the
+    CPU the web pods need and the stall measured would be the co-location's."""
+
+    def __init__(self, n: int, env: dict[str, str], workdir: Path) -> None:
+        command = [
+            *("nice", "-n", str(WORKER_NICE), str(BIN / "celery")),
+            *("-A", "celery_worker.celery", "worker", "--pool", "gevent"),
+            *("--queues", "default,chat,low", "--hostname", f"rollout-{n}@%h"),
+            *("--without-heartbeat", "--without-mingle", "--without-gossip"),
+            *("--loglevel", "INFO"),
+        ]
+        super().__init__(f"worker-{n}", command, env, workdir, ready=" ready.")
+
+
+class Beat(CeleryProcess):
+    """The one beat pod: the periodic jobs, the reclaim of jobs whose worker died among them."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        command = [str(BIN / "celery"), "-A", "celery_worker.celery", "beat", "--loglevel", "INFO"]
+        super().__init__("beat", command, env, workdir, ready="beat: Starting")
 
 
 class Generator:
@@ -245,6 +264,7 @@ class Rehearsal:
         self.args, self.env, self.workdir = args, env, workdir
         self.pods = {"web": Pod("web", 0, env, workdir), "rt": Pod("realtime", 0, env, workdir)}
         self.worker = Worker(0, env, workdir)
+        self.beat = Beat(env, workdir)
         self.counter = 1
         web = self.pods["web"].base
         self.exports = Exports(web, access_token(web))
@@ -377,6 +397,7 @@ class Rehearsal:
         if self.comparison is not None:
             self.comparison.close()
         self.worker.terminate()
+        self.beat.terminate()
 
 
 def run(args: argparse.Namespace) -> int:
