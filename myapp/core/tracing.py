@@ -29,26 +29,24 @@ _NULL: AbstractContextManager[None] = contextlib.nullcontext()
 _backend: Any = None
 
 
-def init_tracing(settings: Settings) -> bool:
-    """Turn tracing on for this process when the endpoint is set (idempotent); True if on.
+def init_tracing(settings: Settings) -> None:
+    """Turn tracing on for this process when the endpoint is set (idempotent).
 
     Call it first in the app factory: the libraries are instrumented before any engine or
     client exists, and the log pipeline built next gets the trace ids.
     """
     global _backend  # noqa: PLW0603 - the tracer provider is process-wide by design
-    if not settings.otel_exporter_otlp_endpoint:
-        return False
-    if _backend is None:
-        try:
-            backend = importlib.import_module("myapp.core.otel")  # the optional extra
-        except ImportError as error:
-            raise ConfigError(
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set but the tracing packages are missing "
-                f"({error.name}): pip install -r requirements-otel.txt"
-            ) from None
-        backend.start(settings)
-        _backend = backend
-    return True
+    if not settings.otel_exporter_otlp_endpoint or _backend is not None:
+        return
+    try:
+        backend = importlib.import_module("myapp.core.otel")  # the optional extra
+    except ImportError as error:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but the tracing packages are missing "
+            f"({error.name}): pip install -r requirements-otel.txt"
+        ) from None
+    backend.start(settings)
+    _backend = backend
 
 
 def instrument_app(app: Flask) -> None:
