@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import SpanKind
 
+from myapp.core.otel import StartWhereWorkStarts
 from tests.conftest import (
     PASSWORD,
     server_env,
@@ -258,3 +262,21 @@ def _logged_with(log: str, event: str | None, trace_id: str) -> bool:
         if record.get("trace_id") == trace_id and (event is None or record.get("event") == event):
             return True
     return False
+
+
+def test_traces_start_only_where_work_starts():
+    # In-process, without turning tracing on: the sampler alone.
+    def decision(kind: SpanKind, parent=None, ratio: float = 1.0) -> Decision:
+        return StartWhereWorkStarts(ratio).should_sample(parent, 0xABC, "x", kind).decision
+
+    for starts_work in (SpanKind.SERVER, SpanKind.CONSUMER, SpanKind.PRODUCER):
+        assert decision(starts_work) == Decision.RECORD_AND_SAMPLE
+        assert decision(starts_work, ratio=0.0) == Decision.DROP  # OTEL_TRACES_SAMPLER_ARG
+    for lone in (SpanKind.CLIENT, SpanKind.INTERNAL):  # a relay's poll, a gauge's read
+        assert decision(lone) == Decision.DROP
+    parent = trace.set_span_in_context(
+        trace.NonRecordingSpan(
+            trace.SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=trace.TraceFlags(1))
+        )
+    )
+    assert decision(SpanKind.CLIENT, parent) == Decision.RECORD_AND_SAMPLE  # inside a trace
