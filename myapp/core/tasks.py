@@ -205,6 +205,10 @@ def celery_config(settings: Settings, jobs: tuple[PeriodicJob, ...] = ()) -> dic
         # expires after 30 s and the waiting beat takes over: a tick is late by 35 s at most.
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,
+        # Every `celery beat` uses RedBeat, `-S` or not: Celery's default scheduler keeps its
+        # schedule in a local file and takes no lock, so a second beat would send every tick
+        # again.
+        "beat_scheduler": "myapp.core.beat:Scheduler",
         "beat_schedule": {
             job.name: {"task": job.task, "schedule": job.schedule, "options": {"queue": job.queue}}
             for job in jobs

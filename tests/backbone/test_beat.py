@@ -25,8 +25,8 @@ def start_beat(database_url: str, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "celery"),
-            *("-A", "tests.support.beat_app.celery", "beat"),
-            *("-S", "myapp.core.beat:Scheduler", "--loglevel", "INFO"),
+            # No `-S`: the app's own configuration picks RedBeat.
+            *("-A", "tests.support.beat_app.celery", "beat", "--loglevel", "INFO"),
         ],
         cwd=ROOT,
         env={
