@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._report import child_pids
 from tests.support.servers import get, unused_port, wait_until, worker_pids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,15 +107,6 @@ def served(base: str) -> dict[str, Counter]:
         seen["settings"][int(match[1]) if match else None] += 1
         seen["route"][int(match[2]) if match else None] += 1
     return seen
-
-
-def children(pid: int) -> set[int]:
-    """Child pids of `pid` (none once it is gone)."""
-    return {
-        int(child)
-        for listing in Path(f"/proc/{pid}/task").glob("*/children")
-        for child in listing.read_text().split()
-    }
 
 
 def gone(pid: int) -> bool:
@@ -178,16 +170,16 @@ class CopyPod:
 
     def workers_up(self, master: int, old: set[int]) -> bool:
         """`master` has `WORKERS` children besides `old`, each of which built the app."""
-        fresh = children(master) - old
+        fresh = child_pids(master) - old
         return len(fresh) == WORKERS and fresh <= worker_pids(self.metrics)
 
     def hup(self) -> dict[str, Any]:
         """`kill -HUP`; seconds until only new workers are left."""
-        old = children(self.master)
+        old = child_pids(self.master)
         started = time.monotonic()
         os.kill(self.master, signal.SIGHUP)
         wait_until(
-            lambda: not children(self.master) & old and self.workers_up(self.master, old),
+            lambda: not child_pids(self.master) & old and self.workers_up(self.master, old),
             self.stop_timeout + 30,
             f"{self.name}: HUP done",
             interval=0.05,
@@ -197,21 +189,21 @@ class CopyPod:
     def usr2(self, finish: signal.Signals) -> dict[str, Any]:
         """USR2, new master and workers up, WINCH then `finish` to the old master; seconds
         until the old master is gone."""
-        old_master, old_workers = self.master, children(self.master)
+        old_master, old_workers = self.master, child_pids(self.master)
         started = time.monotonic()
         os.kill(old_master, signal.SIGUSR2)
         newcomers: set[int] = set()
 
         def new_master_up() -> bool:
             newcomers.clear()
-            newcomers.update(children(old_master) - old_workers)
+            newcomers.update(child_pids(old_master) - old_workers)
             return len(newcomers) == 1 and self.workers_up(next(iter(newcomers)), set())
 
         wait_until(new_master_up, 60, f"{self.name}: USR2 master", interval=0.05)
         new_master = newcomers.pop()
         os.kill(old_master, signal.SIGWINCH)
         time.sleep(1)
-        left = len(children(old_master) & old_workers)
+        left = len(child_pids(old_master) & old_workers)
         note = f"WINCH: {len(old_workers) - left} of {len(old_workers)} old workers stopped"
         os.kill(old_master, finish)
         wait_until(

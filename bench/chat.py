@@ -102,7 +102,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bench._profile import py_spy, top_frames
-from bench._report import report_logger, rss_kib, worker_pid
+from bench._report import report_logger, rss_kib, start_load, worker_pid
 from bench._setup import prod_secrets, server_env
 from tests.support.servers import gunicorn, stop_process, wait_until
 
@@ -426,18 +426,9 @@ class LoadProcess:
 
     def __init__(self, name: str, plan: dict[str, Any], workdir: Path) -> None:
         self.name = name
-        plan_path = workdir / f"{name}.plan.json"
-        plan_path.write_text(json.dumps(plan))
         self.log_path = workdir / f"{name}.log"
-        self._err = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._chat_load", str(plan_path)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
+        self.process, self._err = start_load(
+            "bench._chat_load", plan, workdir / f"{name}.plan.json", self.log_path
         )
         self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

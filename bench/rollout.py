@@ -58,7 +58,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench._report import report_logger
+from bench._report import report_logger, start_load
 from bench._rollout_jobs import Exports, job_rows, prepare_exports
 from bench._rollout_signals import MODES, Comparison
 from bench._rollout_signals import report as report_signals
@@ -176,17 +176,8 @@ class Generator:
     """The load generator process: commands in, JSON lines out."""
 
     def __init__(self, plan: dict[str, Any], workdir: Path) -> None:
-        path = workdir / "load.plan.json"
-        path.write_text(json.dumps(plan))
-        self._err = (workdir / "load.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._rollout_load", str(path)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
+        self.process, self._err = start_load(
+            "bench._rollout_load", plan, workdir / "load.plan.json", workdir / "load.log"
         )
         self.routing: list[dict[str, Any]] = []
 
