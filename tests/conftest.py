@@ -392,6 +392,38 @@ def password_hash(app: Flask) -> str:
 
 
 @pytest.fixture
+def commit_user(password_hash: str) -> Iterator[Callable[..., str]]:
+    """Commit a user for real through `app` (an app of `make_app`, which cannot see the
+    test transaction); its e-mail. Removed afterwards, with what its requests left."""
+    from sqlalchemy import delete, or_
+
+    from myapp.audit.models import AuditLog
+
+    made: list[tuple[Flask, Any]] = []
+
+    def factory(app: Flask, role: str = "user") -> str:
+        email = f"committed-{secrets.token_hex(4)}@example.com"
+        with app.app_context():
+            found = db.session.execute(select(Role).where(Role.name == role)).scalar_one()
+            user = User(email=email, name="Committed", password_hash=password_hash, roles=[found])
+            db.session.add(user)
+            db.session.commit()
+            made.append((app, user.id))
+        return email
+
+    yield factory
+    for app, user_id in made:
+        with app.app_context():
+            db.session.execute(
+                delete(AuditLog).where(
+                    or_(AuditLog.actor_id == user_id, AuditLog.target_id == str(user_id))
+                )
+            )
+            db.session.execute(delete(User).where(User.id == user_id))  # logins cascade
+            db.session.commit()
+
+
+@pytest.fixture
 def make_user(app: Flask, db_session: Any, password_hash: str) -> Callable[..., Any]:
     """Insert a user (password `PASSWORD`) inside the test transaction."""
     from sqlalchemy import select

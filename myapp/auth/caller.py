@@ -4,7 +4,8 @@ Routes that declare a caller (`@blp.auth(...)`) get it here, after the guards st
 verified token (`g.credentials`) becomes an `Actor` with one SQL statement (user, roles,
 token version and login session together), or the request ends with the catalog's 401
 code. The actor is left on `g.caller` and bound for logs, audit rows and services; the
-user row stays in the session, so reading one's own account costs no second query.
+user row it was read from is kept too (`context.caller_record()`), so answering with
+one's own account costs no second query.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from flask import g
 
 from myapp.auth import service
 from myapp.core.context import bind_actor, current_credentials
-from myapp.core.db import release_connection
 from myapp.core.errors import AppError
 from myapp.core.pipeline import current_route_policy
 
@@ -32,9 +32,6 @@ def resolve_caller() -> None:
     if g.get("credentials_revoked"):
         raise AppError("AUTH_TOKEN_REVOKED")
     actor, record = service.resolve_caller(credentials=credentials)
-    release_connection()
-    # The session's identity map holds rows weakly: keeping a reference for the request
-    # lets the view read the caller's own row (roles included) without querying again.
     g.caller_record = record
     g.caller = actor
     bind_actor(actor)

@@ -22,7 +22,7 @@ from myapp.auth import tickets, tokens
 from myapp.auth.models import AuthSession, RefreshToken
 from myapp.core import events, passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
-from myapp.core.db import new_id, retry_on_disconnect, unit_of_work
+from myapp.core.db import new_id, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.guards import deny_token, is_denied
 from myapp.core.metrics import app_counter
@@ -261,7 +261,7 @@ def end_all_sessions(_sender: Any = None, *, user_id: uuid.UUID) -> None:
 
 @functools.cache
 def _login_open() -> Exists:
-    """`the token's login session is still open`, for `users_service.load_with_roles`."""
+    """`the token's login session is still open`, for `users_service.read_with_roles`."""
     return (
         select(AuthSession.id)
         .where(
@@ -282,10 +282,8 @@ def resolve_caller(*, credentials: Credentials) -> tuple[Actor, Any]:
     moved to a newer token version, or the login was ended.
     """
     user_id, session_id = uuid.UUID(credentials.user_id), uuid.UUID(credentials.session_id)
-    found = retry_on_disconnect(
-        lambda: users_service.load_with_roles(
-            user_id=user_id, also=_login_open(), params={"session_id": session_id}
-        )
+    found = users_service.read_with_roles(
+        user_id=user_id, also=_login_open(), params={"session_id": session_id}
     )
     if found is None:
         raise AppError("AUTH_TOKEN_REVOKED")

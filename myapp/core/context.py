@@ -12,6 +12,7 @@ import re
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from flask import Response, g, request
@@ -119,6 +120,11 @@ def current_client() -> Client:
 def current_credentials() -> Credentials | None:
     """The verified bearer token of this request, if it carried a valid one."""
     return g.get("credentials")
+
+
+def caller_record() -> Any:
+    """The caller's own row, as the pipeline read it with the caller (None before)."""
+    return g.get("caller_record")
 
 
 def clear_context() -> None:

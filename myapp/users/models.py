@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, String, Table, Text, Uuid
@@ -72,4 +75,37 @@ class User(Model, TimestampMixin, SoftDeleteMixin):
     @property
     def is_active(self) -> bool:
         """Active and not deleted."""
-        return self.status == UserStatus.ACTIVE and self.deleted_at is None
+        return _is_active(self)
+
+
+def _is_active(user: User | UserRecord) -> bool:
+    """Active and not deleted."""
+    return user.status == UserStatus.ACTIVE and user.deleted_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user row as one read saw it, roles included, outside the ORM (read only).
+
+    What the request pipeline loads for its caller on every authenticated request, and
+    what the caller's own profile is answered from. It reads like a `User`: `phone` is
+    decrypted on access by the same field.
+    """
+
+    id: uuid.UUID
+    email: str
+    name: str
+    phone_ciphertext: str | None
+    status: str
+    token_version: int
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    role_names: list[str]
+
+    phone = EncryptedField("users", "phone", normalise=normalise_phone)
+
+    @property
+    def is_active(self) -> bool:
+        """Active and not deleted."""
+        return _is_active(self)

@@ -11,7 +11,7 @@ from flask.views import MethodView
 
 from myapp.core import permissions as perms
 from myapp.core.api import Blueprint
-from myapp.core.context import current_actor
+from myapp.core.context import caller_record, current_actor
 from myapp.core.idempotency import IDEMPOTENCY_KEY_PARAMETER
 from myapp.core.paging import Page
 from myapp.core.pipeline import carries_credentials, feature_required, idempotency_required
@@ -74,8 +74,7 @@ class Me(MethodView):
     @blp.response(200, UserSchema)
     def get(self) -> dict:
         """The caller."""
-        actor = current_actor()
-        return present_user(service.get_user(user_id=_me(), actor=actor), actor)
+        return present_user(caller_record(), current_actor())  # read with the caller
 
     @blp.auth()
     @blp.arguments(MePatchSchema)

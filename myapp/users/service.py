@@ -10,27 +10,27 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from blinker import Namespace
 from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy.orm import selectinload
 
 from myapp.audit import service as audit
 from myapp.core import events, passwords
 from myapp.core import permissions as perms
 from myapp.core.cache import cached
 from myapp.core.context import Actor
-from myapp.core.db import unit_of_work
+from myapp.core.db import fetch_row, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.paging import Page, cursor_page, offset_page
 from myapp.extensions import db
 from myapp.jobs import service as jobs
 from myapp.users import policies
-from myapp.users.models import Role, User, UserStatus, user_roles
+from myapp.users.models import Role, User, UserRecord, UserStatus, user_roles
 
 #: The job kind of the users CSV export (its runner: `myapp.users.export.run_export`).
 EXPORT_KIND = "users.export"
@@ -108,29 +108,39 @@ def get_active(*, user_id: uuid.UUID) -> User | None:
     return user if user is not None and user.is_active else None
 
 
+_RECORD_COLUMNS = tuple(field.name for field in fields(UserRecord))[:-1]  # role_names last
+
+
 @functools.cache
 def _with_roles(also: ColumnElement[bool]) -> Select:
-    """Built once per `also` expression: SQLAlchemy then reuses its compiled form as is."""
-    return (
-        select(User, also.label("also"))
-        .options(joinedload(User.roles))
-        .where(User.id == bindparam("user_id"))
+    """Built once per `also` expression, so its SQL text is compiled once."""
+    users = User.__table__
+    role_names = (
+        select(func.array_agg(Role.name))
+        .join(user_roles, user_roles.c.role_id == Role.id)
+        .where(user_roles.c.user_id == users.c.id)
+        .scalar_subquery()
     )
+    return select(
+        *(users.c[name] for name in _RECORD_COLUMNS), role_names, also.label("also")
+    ).where(users.c.id == bindparam("user_id"))
 
 
-def load_with_roles(
+def read_with_roles(
     *, user_id: uuid.UUID, also: ColumnElement[bool], params: dict[str, Any]
-) -> tuple[User, bool] | None:
+) -> tuple[UserRecord, bool] | None:
     """The user (in any state) with roles, and the boolean `also`, in one SQL statement.
 
     Callers pass what they must check alongside (auth: the login session is open) as a
     constant expression whose bind parameters come in `params` (`user_id` is bound here),
-    so the request needs no second round trip; the user stays in the session's identity
-    map for as long as the caller holds it.
+    so the request needs no second round trip. The row is read past the ORM
+    (`fetch_row`): this is the read every authenticated request makes.
     """
-    statement = _with_roles(also)
-    row = db.session.execute(statement, {**params, "user_id": user_id}).unique().first()
-    return (row[0], bool(row[1])) if row is not None else None
+    row = fetch_row(_with_roles(also), {**params, "user_id": user_id})
+    if row is None:
+        return None
+    *columns, role_names, also_true = row
+    return UserRecord(*columns, role_names=sorted(role_names or ())), bool(also_true)
 
 
 def find_by_phone(*, phone: str) -> User | None:
