@@ -6,6 +6,8 @@ does, in the master) does not import psycopg before the gevent workers patch.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,26 @@ def request_pipeline() -> pipeline.Pipeline:
     )
 
 
+class App(Flask):
+    """Flask, asking less on every request whether a hook or view is a coroutine.
+
+    Flask calls `ensure_sync` for every hook and the view of every request, and its
+    `inspect.iscoroutinefunction` took 3% of a request's CPU. A plain function or method
+    is answered from its code flags; anything else goes the usual way.
+    """
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        """`func` itself when it is a plain (not async) function or method."""
+        code = getattr(func, "__code__", None)
+        if (
+            code is not None
+            and not code.co_flags & inspect.CO_COROUTINE
+            and not hasattr(func, "_is_coroutine_marker")  # inspect.markcoroutinefunction
+        ):
+            return func
+        return super().ensure_sync(func)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app. Invalid configuration raises `ConfigError` (exit status 1)."""
     settings = settings or load_settings()
@@ -126,7 +148,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         sql=settings.log_sql,
         extra=tracing.log_processors(),
     )
-    app = Flask("myapp", static_folder=None)  # an API: no static route
+    app = App("myapp", static_folder=None)  # an API: no static route
     tracing.instrument_app(app)  # the first request hook: its span covers all the others
     app.json.sort_keys = False  # keep `success` first, as clients read it
     app.url_map.merge_slashes = False  # `//` would be answered with a redirect

@@ -107,19 +107,31 @@ def mask_value(key: str, value: Any) -> Any:
     """Mask one field by its name, recursing into mappings and sequences."""
     if value is None or isinstance(value, bool | int | float):
         return value
-    name = _normalise(key)
-    if is_secret_key(name):
+    rule = _rule_for(key)
+    if rule is _SECRET:
         return MASK
     if isinstance(value, Mapping):
         return {k: mask_value(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         return [mask_value(key, item) for item in value]
     text = value if isinstance(value, str) else str(value)
+    return rule(text)
+
+
+_SECRET = object()  # the rule of secret fields: masked whole
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_for(key: str) -> Any:
+    """How a field of this name is masked (`_SECRET` or a function of its text)."""
+    name = _normalise(key)
+    if is_secret_key(name):
+        return _SECRET
     if name in _PHONE_KEYS:
-        return mask_phone(text)
+        return mask_phone
     if name in _EMAIL_KEYS:
-        return mask_email(text)
-    return scrub_text(text)
+        return mask_email
+    return scrub_text
 
 
 _ID_LIKE = re.compile(r"^[0-9A-Za-z-]{20,40}$")  # UUIDs and ULIDs stay readable

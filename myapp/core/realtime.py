@@ -251,6 +251,7 @@ def socketio_options(settings: Settings) -> dict[str, Any]:
 def init_realtime(app: Flask, server: SocketIO, settings: Settings) -> Realtime:
     """Attach Socket.IO to `app` and give it this process's connection registry."""
     server.init_app(app, **socketio_options(settings))
+    _socket_paths_only(app)
     metrics = _RealtimeMetrics(
         connected=app_gauge(
             app, "socketio_connected_clients", "Sockets connected", multiprocess_mode="livesum"
@@ -267,6 +268,21 @@ def init_realtime(app: Flask, server: SocketIO, settings: Settings) -> Realtime:
     _PROCESSES.add(registry)
     app.extensions[_EXTENSION] = registry
     return registry
+
+
+def _socket_paths_only(app: Flask) -> None:
+    """Hand only `/socket.io/` requests to the Socket.IO middleware; the others go
+    straight to the app. (Under gunicorn the middleware defines a class on every request
+    it sees, which cost 2% of a REST request's CPU.)"""
+    middleware = app.wsgi_app
+    plain, prefix = middleware.wsgi_app, middleware.engineio_path
+
+    def dispatch(environ: dict, start_response: Any) -> Any:
+        if environ.get("PATH_INFO", "").startswith(prefix):
+            return middleware(environ, start_response)
+        return plain(environ, start_response)
+
+    app.wsgi_app = dispatch
 
 
 def realtime(app: Flask | None = None) -> Realtime:

@@ -129,3 +129,30 @@ def test_the_architecture_doc_lists_the_steps_in_the_order_they_run():
         for step in (*pipeline.steps, *pipeline.finishers)
     ]
     assert documented_steps() == running
+
+
+def test_plain_hooks_and_views_are_served_as_they_are_and_coroutines_are_not(app):
+    """The app answers Flask's `ensure_sync` from code flags for plain functions and
+    methods; a coroutine function still goes Flask's way (which needs the async extra)."""
+
+    def plain() -> None: ...
+
+    async def coroutine() -> None: ...
+
+    class View:
+        def get(self) -> None: ...
+
+    assert app.ensure_sync(plain) is plain
+    bound = View().get
+    assert app.ensure_sync(bound) is bound
+    with pytest.raises(RuntimeError, match="async"):
+        app.ensure_sync(coroutine)
+
+
+def test_rest_requests_bypass_the_socket_middleware_and_sockets_still_reach_it(client):
+    """Only `/socket.io/` goes through the Socket.IO middleware (an Engine.IO handshake
+    answers there); every other path is the app's."""
+    handshake = client.get("/socket.io/?EIO=4&transport=polling")
+    assert handshake.status_code == 200 and handshake.get_data(as_text=True).startswith("0{")
+    assert client.get("/socket.io-nope").status_code == 404
+    assert client.get("/health/live").status_code == 200
