@@ -6,6 +6,7 @@ singleton lives in `myapp.core.api` because it is our subclass (envelope, error 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -32,12 +33,20 @@ NAMING_CONVENTION = {
 
 #: Session flag: read in autocommit mode (set for GET/HEAD by `myapp.core.db`).
 AUTOCOMMIT_READS = "autocommit_reads"
+#: Sessions created while this is true start with `AUTOCOMMIT_READS` set (`myapp.core.db`
+#: sets it per request, so a request that never touches the ORM creates no session).
+autocommit_reads: ContextVar[bool] = ContextVar("autocommit_reads", default=False)
 _autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
 
 
 class Session(FlaskSession):
     """Flask-SQLAlchemy's session; while `info[AUTOCOMMIT_READS]` is set it reads in
     autocommit mode, on the same pool (one round trip per read, no BEGIN/ROLLBACK)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if autocommit_reads.get():
+            read_in_autocommit(self)
 
     def get_bind(self, *args: Any, **kwargs: Any) -> Any:
         """The usual engine, or its autocommit variant for read-only work."""
@@ -49,6 +58,13 @@ class Session(FlaskSession):
             variant = engine.execution_options(isolation_level="AUTOCOMMIT")
             _autocommit_engines[engine] = variant
         return variant
+
+
+def read_in_autocommit(session: Any) -> None:
+    """Flag `session` to read in autocommit mode until a unit of work begins; what it
+    read stays usable when its connection goes back (`expire_on_commit` off)."""
+    session.info[AUTOCOMMIT_READS] = True
+    session.expire_on_commit = False
 
 
 db = SQLAlchemy(

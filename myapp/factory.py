@@ -114,7 +114,12 @@ def request_pipeline() -> pipeline.Pipeline:
             context.echo_request_id,  # X-Request-ID
             log_access,  # one access line
         ),
-        cleanups=(idempotency.release, admission.release, context.forget_request),
+        cleanups=(
+            idempotency.release,
+            admission.release,
+            database.end_autocommit_reads,
+            context.forget_request,
+        ),
     )
 
 

@@ -35,7 +35,8 @@ from myapp.core.errors import on_unavailable
 from myapp.core.logging import get_logger
 from myapp.core.metrics import app_counter, app_gauge
 from myapp.core.pipeline import current_route_policy
-from myapp.extensions import AUTOCOMMIT_READS, db
+from myapp.extensions import AUTOCOMMIT_READS, autocommit_reads, db
+from myapp.extensions import read_in_autocommit as flag_autocommit_reads
 from myapp.settings import Settings
 
 T = TypeVar("T")
@@ -115,17 +116,27 @@ def engine_options(settings: Settings) -> dict[str, Any]:
 def read_safe_methods_in_autocommit() -> None:
     """Pipeline step: a GET or HEAD reads in autocommit mode (see the module docstring);
     so does a streaming route (an upload), which must not hold a connection, let alone
-    an open transaction, while its body trickles in."""
+    an open transaction, while its body trickles in. Other methods read in transactions
+    (said explicitly: a keep-alive connection serves its requests in one greenlet)."""
     if request.method in SAFE_METHODS or current_route_policy().streaming:
         read_in_autocommit()
+    else:
+        autocommit_reads.set(False)
+
+
+def end_autocommit_reads(_: BaseException | None = None) -> None:
+    """Cleanup: sessions created after this request (by whatever runs next on this
+    greenlet or thread) read in transactions again."""
+    autocommit_reads.set(False)
 
 
 def read_in_autocommit() -> None:
     """From now on the session reads in autocommit mode (one round trip per read, and
-    `release_connection()` gives the connection back), until a `unit_of_work` begins."""
-    session = db.session()
-    session.info[AUTOCOMMIT_READS] = True
-    session.expire_on_commit = False  # `release_connection` keeps what was read
+    `release_connection()` gives the connection back), until a `unit_of_work` begins.
+    The session is not created for this: the one created next starts so."""
+    autocommit_reads.set(True)
+    if db.session.registry.has():
+        flag_autocommit_reads(db.session())
 
 
 def release_connection() -> None:
@@ -135,6 +146,8 @@ def release_connection() -> None:
     connection out again. A request that would otherwise hold its connection through
     serialisation and logging frees it for the other greenlets of the worker at once.
     """
+    if not db.session.registry.has():
+        return  # no session, no connection
     session = db.session()
     if session.info.get(AUTOCOMMIT_READS) and session.in_transaction():
         session.commit()  # nothing to commit in autocommit mode: this only releases

@@ -93,7 +93,10 @@ def mask_phone(value: str) -> str:
 def scrub_text(text: str) -> str:
     """Mask secrets and e-mail addresses inside free text (messages, tracebacks)."""
     lowered = text.lower()
-    if not any(trigger in lowered for trigger in _SCRUB_TRIGGERS):
+    for trigger in _SCRUB_TRIGGERS:  # a loop: twice as fast as any() over a generator
+        if trigger in lowered:
+            break
+    else:
         return text  # none of the patterns below can match: most lines take this way
     text = _URL_PASSWORD_RE.sub(rf"\1{MASK}@", text)
     text = _BEARER_RE.sub(rf"\1 {MASK}", text)
@@ -213,6 +216,10 @@ def configure_logging(
     # remove handlers that somebody else attached.
     root.handlers[:] = [h for h in root.handlers if h.get_name() != _HANDLER_NAME] + [handler]
     root.setLevel(level)
+    # Our lines never show the caller's file and line, thread or process, so stdlib need
+    # not look them up for every record (the logging HOWTO's "Optimization" switches).
+    logging._srcfile = None  # noqa: SLF001 - the documented way to skip findCaller
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for name in ("gunicorn.error", "gunicorn.access", "celery", "werkzeug", "sqlalchemy"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

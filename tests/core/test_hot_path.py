@@ -96,3 +96,22 @@ def test_a_logged_out_token_is_refused_by_the_same_single_statement(real_app, co
         "AUTH_TOKEN_REVOKED",
     )
     assert len(statements) == 1, statements
+
+
+def test_orm_reads_of_a_get_run_in_autocommit_and_writes_in_one_transaction(
+    real_app, committed_user, wire
+):
+    """The session a GET creates (after the caller's read, which needs none) reads in
+    autocommit mode: no BEGIN or ROLLBACK on the wire. A PATCH writes in one transaction."""
+    client = real_app.test_client()
+    headers = bearer(login(client, committed_user, PASSWORD))
+    user_id = client.get("/v1/users/me", headers=headers).get_json()["data"]["id"]
+    with wire.counting() as reads:
+        assert client.get(f"/v1/users/{user_id}", headers=headers).status_code == 200
+    assert len(reads) >= 2, reads  # the caller, then the ORM's own read of the user
+    assert not [s for s in reads if s.split()[0] in ("BEGIN", "ROLLBACK", "COMMIT")], reads
+    with wire.counting() as writes:
+        changed = client.patch("/v1/users/me", headers=headers, json={"name": "Renamed"})
+    assert changed.status_code == 200
+    verbs = [s.split()[0] for s in writes]
+    assert verbs.count("BEGIN") >= 1 and "UPDATE" in verbs and verbs.count("COMMIT") == 1, verbs
