@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import sqlalchemy.exc
@@ -39,7 +39,6 @@ from myapp.extensions import AUTOCOMMIT_READS, autocommit_reads, db
 from myapp.extensions import read_in_autocommit as flag_autocommit_reads
 from myapp.settings import Settings
 
-T = TypeVar("T")
 log = get_logger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
