@@ -46,7 +46,7 @@ class Session(FlaskSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if autocommit_reads.get():
-            read_in_autocommit(self)
+            flag_autocommit_reads(self)
 
     def get_bind(self, *args: Any, **kwargs: Any) -> Any:
         """The usual engine, or its autocommit variant for read-only work."""
@@ -60,7 +60,7 @@ class Session(FlaskSession):
         return variant
 
 
-def read_in_autocommit(session: Any) -> None:
+def flag_autocommit_reads(session: Any) -> None:
     """Flag `session` to read in autocommit mode until a unit of work begins; what it
     read stays usable when its connection goes back (`expire_on_commit` off)."""
     session.info[AUTOCOMMIT_READS] = True

@@ -35,8 +35,7 @@ from myapp.core.errors import on_unavailable
 from myapp.core.logging import get_logger
 from myapp.core.metrics import app_counter, app_gauge
 from myapp.core.pipeline import current_route_policy
-from myapp.extensions import AUTOCOMMIT_READS, autocommit_reads, db
-from myapp.extensions import read_in_autocommit as flag_autocommit_reads
+from myapp.extensions import AUTOCOMMIT_READS, autocommit_reads, db, flag_autocommit_reads
 from myapp.settings import Settings
 
 log = get_logger(__name__)

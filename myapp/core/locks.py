@@ -50,9 +50,13 @@ class Held:
     token: int
 
 
+def _key(name: str, *suffix: str) -> str:
+    return redis_key("lock", name, *suffix)
+
+
 def is_held(name: str, *, client: Redis | None = None) -> bool:
     """Whether somebody holds lock `name` now (a live holder keeps extending it)."""
-    return bool((client or redis_client()).exists(redis_key("lock", name)))
+    return bool((client or redis_client()).exists(_key(name)))
 
 
 @contextmanager
@@ -67,7 +71,7 @@ def distributed_lock(
     """Hold lock `name` for the block; `LockNotAcquiredError` if it is not free within `wait` s."""
     redis = client or redis_client()
     lock = redis.lock(
-        redis_key("lock", name),
+        _key(name),
         timeout=ttl,
         blocking=wait > 0,
         blocking_timeout=wait or None,
@@ -75,7 +79,7 @@ def distributed_lock(
     )
     if not lock.acquire():
         raise LockNotAcquiredError(name)
-    held = Held(name=name, token=int(redis.incr(redis_key("lock", name, "fence"))))
+    held = Held(name=name, token=int(redis.incr(_key(name, "fence"))))
     stop = threading.Event()
     if auto_extend:
         threading.Thread(

@@ -108,7 +108,8 @@ def get_active(*, user_id: uuid.UUID) -> User | None:
     return user if user is not None and user.is_active else None
 
 
-_RECORD_COLUMNS = tuple(field.name for field in fields(UserRecord))[:-1]  # role_names last
+#: The user columns of a `UserRecord`, in its field order (roles come from a subquery).
+_RECORD_COLUMNS = tuple(field.name for field in fields(UserRecord) if field.name != "role_names")
 
 
 @functools.cache

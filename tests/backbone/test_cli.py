@@ -73,18 +73,21 @@ def test_list_show_and_purge(app, db_session):
     assert runner.invoke(args=["dlq", "purge", "--before", "yesterday"]).exit_code == 2
 
 
-def test_outbox_status_counts_what_waits(app, db_session):
+def emit_pings(app, aggregate_type: str, count: int = 3) -> None:
+    """`count` outbox events of `aggregate_type`, ids 0, 1, ..., in one committed unit."""
     with app.app_context(), unit_of_work():
-        for n in range(3):
-            events.emit("test.ping", aggregate_type="status", aggregate_id=n, payload={})
+        for n in range(count):
+            events.emit("test.ping", aggregate_type=aggregate_type, aggregate_id=n, payload={})
+
+
+def test_outbox_status_counts_what_waits(app, db_session):
+    emit_pings(app, "status")
     output = app.test_cli_runner().invoke(args=["outbox", "status"]).output
     assert output.startswith("backlog=3 oldest_age_s=")
 
 
 def test_outbox_resend_makes_recently_published_events_pending_again(app, db_session):
-    with app.app_context(), unit_of_work():
-        for n in range(3):
-            events.emit("test.ping", aggregate_type="resend", aggregate_id=n, payload={})
+    emit_pings(app, "resend")
     db_session.execute(
         text(
             "UPDATE outbox SET sent_at = now() - make_interval(hours => CAST(aggregate_id AS int))"
@@ -119,9 +122,7 @@ def test_a_dead_letter_that_cannot_be_written_is_still_logged_without_its_argume
 
 
 def test_housekeeping_expires_old_published_events_and_old_receipts(app, db_session):
-    with app.app_context(), unit_of_work():
-        for n in range(3):
-            events.emit("test.ping", aggregate_type="expire", aggregate_id=n, payload={})
+    emit_pings(app, "expire")
     db_session.execute(
         text(
             "UPDATE outbox"
