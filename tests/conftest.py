@@ -32,9 +32,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import make_url, select
+from sqlalchemy import delete, make_url, or_, select
 
 from myapp import create_app
+from myapp.audit.models import AuditLog
 from myapp.core.config import current_settings
 from myapp.core.db import unit_of_work
 from myapp.core.redis import redis_client
@@ -395,10 +396,6 @@ def password_hash(app: Flask) -> str:
 def commit_user(password_hash: str) -> Iterator[Callable[..., str]]:
     """Commit a user for real through `app` (an app of `make_app`, which cannot see the
     test transaction); its e-mail. Removed afterwards, with what its requests left."""
-    from sqlalchemy import delete, or_
-
-    from myapp.audit.models import AuditLog
-
     made: list[tuple[Flask, Any]] = []
 
     def factory(app: Flask, role: str = "user") -> str:
