@@ -34,7 +34,11 @@ def send_mail(*, to: str, subject: str, body: str) -> None:
     if settings.mail_backend == "file":
         directory = Path(settings.mail_file_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{new_id()}.eml").write_bytes(message.as_bytes())
+        # Written aside, then renamed: whoever watches the directory never reads half a file.
+        name = new_id()
+        partial = directory / f".{name}.partial"
+        partial.write_bytes(message.as_bytes())
+        partial.replace(directory / f"{name}.eml")
     elif settings.mail_backend == "smtp":
         with smtplib.SMTP(
             settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout

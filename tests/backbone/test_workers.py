@@ -211,8 +211,11 @@ def test_the_request_id_of_a_registration_reaches_its_subscriber_and_mail_goes_o
     assert "new@backbone.test" not in worker.output()  # masked in logs
 
     # The same event delivered again (a relay that died before marking it sent).
-    [(event_id, sequence)] = query(
-        database_url, "SELECT event_id, id FROM outbox WHERE name = 'user.registered'"
+    user_id = response.get_json()["data"]["id"]
+    [(event_id, sequence)] = query(  # this user's event (other tests may leave theirs)
+        database_url,
+        "SELECT event_id, id FROM outbox WHERE name = 'user.registered' AND aggregate_id = %s",
+        user_id,
     )
     with app.app_context():
         celery_app().send_task(
@@ -222,9 +225,9 @@ def test_the_request_id_of_a_registration_reaches_its_subscriber_and_mail_goes_o
                     "id": str(event_id),
                     "name": "user.registered",
                     "aggregateType": "user",
-                    "aggregateId": response.get_json()["data"]["id"],
+                    "aggregateId": user_id,
                     "sequence": sequence,
-                    "payload": {"userId": response.get_json()["data"]["id"]},
+                    "payload": {"userId": user_id},
                     "occurredAt": "2026-01-01T00:00:00+00:00",
                     "requestId": "http-req-42",
                 }
