@@ -38,8 +38,12 @@ serve: # (inside `dev`, once PostgreSQL and Redis answer)
 	$(BIN)/flask seed
 	$(BIN)/honcho start --procfile Procfile --port $(PORT)
 
+# Two pytest workers per core: the slow tests mostly wait on the servers and workers they
+# start, so a core has room for a second one.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+
 test: install lint ## Lint, then the whole test suite with coverage
-	$(SERVICES) -- $(BIN)/python -m pytest -n auto --dist worksteal --cov --cov-report=term
+	$(SERVICES) -- $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term
 
 lint: install ## ruff check + ruff format --check + import contracts (lint-imports)
 	$(BIN)/ruff check .

@@ -72,7 +72,8 @@ def backend(request, database_url, tmp_path_factory) -> Iterator[Backend]:
 
 @pytest.fixture
 def bg_app(make_app, backend):
-    app = make_app(**backend.settings)
+    # A heartbeat every second: a test's stream reader leaves at the stream's next write.
+    app = make_app(sse_heartbeat_seconds=1.0, **backend.settings)
     if backend.name == "s3":
         with app.app_context():
             storage().ensure_bucket()

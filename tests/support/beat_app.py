@@ -1,4 +1,8 @@
-"""Celery entry point for the beat tests: the real app with one more job, every 2 s."""
+"""Celery entry point for the beat tests: the real app with one more job, every 2 s, and
+the RedBeat lock timeout the test sets in `TEST_BEAT_LOCK_TIMEOUT` (the same takeover as
+with the app's 30 s, a shorter wait)."""
+
+import os
 
 from myapp import schedule
 from myapp.core.tasks import PeriodicJob
@@ -10,3 +14,5 @@ schedule.PERIODIC_JOBS = (
 )
 
 from celery_worker import app, celery  # noqa: E402, F401 - `celery -A tests.support.beat_app.celery`
+
+celery.conf.redbeat_lock_timeout = int(os.environ["TEST_BEAT_LOCK_TIMEOUT"])
