@@ -53,13 +53,19 @@ EXPOSED_HEADERS = [
 
 class LazyCookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, without building a signer for requests that carry
-    no session cookie (nearly every request of an API)."""
+    no session cookie (nearly every request of an API), nor writing one nobody used."""
 
     def open_session(self, app: Flask, request: object) -> SecureCookieSession | None:
         """An empty session when no cookie came; Flask's own handling otherwise."""
         if self.get_cookie_name(app) not in request.cookies:
             return self.session_class()
         return super().open_session(app, request)
+
+    def save_session(self, app: Flask, session: SecureCookieSession, response: Response) -> None:
+        """Nothing to write for a session nobody touched (Flask would still read six cookie
+        settings first); Flask's own handling otherwise."""
+        if session or session.modified or session.accessed:
+            super().save_session(app, session, response)
 
 
 def register_security(app: Flask, settings: Settings) -> None:

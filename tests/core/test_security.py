@@ -18,6 +18,16 @@ def test_every_response_carries_security_headers(client, path):
     assert headers["Referrer-Policy"] == "no-referrer"
 
 
+def test_a_cookie_session_is_written_only_when_used(app):
+    client = app.test_client()  # a cookie jar of its own
+    untouched = client.get("/v1/meta/error-codes")
+    assert "Set-Cookie" not in untouched.headers and "Cookie" not in untouched.vary
+    first = client.get("/_test/visits")
+    assert first.get_json() == {"visits": 1} and "HttpOnly" in first.headers["Set-Cookie"]
+    assert "Cookie" in first.vary
+    assert client.get("/_test/visits").get_json() == {"visits": 2}  # signed cookie read back
+
+
 def test_docs_page_loads_swagger_ui_from_the_app_itself(client):
     response = client.get("/docs")
     assert response.status_code == 200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import marshmallow as ma
-from flask import Flask, request
+from flask import Flask, request, session
 from sqlalchemy import text
 
 from myapp.core.api import Blueprint, CursorPageArgs, Schema
@@ -91,6 +91,13 @@ def pid() -> dict:
 def cursor_args(args: dict) -> dict:
     """Echo parsed cursor arguments (query validation path)."""
     return {"limit": args["limit"]}
+
+
+@blp.route("/visits")
+def visits() -> dict:
+    """Count this browser's visits in Flask's signed-cookie session."""
+    session["visits"] = session.get("visits", 0) + 1
+    return {"visits": session["visits"]}
 
 
 def register_test_routes(app: Flask) -> None:
