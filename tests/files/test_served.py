@@ -100,7 +100,9 @@ def test_sigterm_ends_open_event_streams_cleanly_after_the_drain(database_url, t
         ended_after = time.monotonic() - signalled
         process.wait(timeout=30)
     assert b"event:" not in rest
-    assert 1.0 <= ended_after < 6, ended_after  # the drain first, then the stream ends
+    # The drain first, then the stream ends (the worker's timer counts from its event loop's
+    # cached clock, which may lag real time by a few ms: hence 0.9, not 1.0).
+    assert 0.9 <= ended_after < 6, ended_after
     assert process.returncode == 0
 
 
