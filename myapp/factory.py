@@ -226,6 +226,7 @@ def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     """What domains plug into the platform and into each other; their commands."""
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
     auth_service.init_auth_metrics(app)
+    auth_service.init_recent_callers(app, settings.auth_caller_cache_seconds)
     realtime(app).login_check = auth_service.open_logins
     socketio.on_namespace(ChatNamespace())
     init_chat_metrics(app)

@@ -57,7 +57,14 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "cors_origins": "http://localhost:3000,http://localhost:5173",
         "shutdown_drain_seconds": 0,
     },
-    "test": {"log_format": "json", "api_docs_enabled": True, "cors_origins": ""},
+    # Tests change logins from one process and ask another at once: no caller cache
+    # (the tests of the cache turn it on).
+    "test": {
+        "log_format": "json",
+        "api_docs_enabled": True,
+        "cors_origins": "",
+        "auth_caller_cache_seconds": 0,
+    },
     "dev": {
         "log_format": "json",
         "api_docs_enabled": True,
@@ -232,6 +239,9 @@ class Settings(BaseSettings):
 
     jwt_access_token_expires: int = Field(900, ge=60, description="seconds")
     jwt_refresh_token_expires: int = Field(7 * 24 * 3600, ge=300, description="seconds")
+    # How long a process reuses what it read about a login (user, roles, session open):
+    # changes made by another process count after at most this long. 0: read every time.
+    auth_caller_cache_seconds: float = Field(1.0, ge=0, le=10)
 
     encryption_keys: SecretStr | None = None
     blind_index_key: SecretStr | None = None

@@ -7,6 +7,7 @@ Every use case owns its unit of work; audit rows commit with the change they des
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,6 +80,59 @@ def _open_session(user: Any) -> dict[str, Any]:
     return _issue(user, session)
 
 
+class RecentCallers:
+    """What the caller read found, by (user id, login session id), for a few seconds.
+
+    Every authenticated request reads its user, roles and login session; a client sends
+    several requests a second, and each read is a database round trip the request waits
+    for. Answers are kept `seconds` (`AUTH_CALLER_CACHE_SECONDS`, 0: never), so a change
+    made elsewhere (another process ended the login, changed the roles) counts here
+    within that time; one made in this process (every session end goes through
+    `_announce_ended`) counts at once. A logged-out access token is refused at once
+    everywhere: the denylist in Redis is asked on every request, never cached.
+    """
+
+    MAX_ENTRIES = 10_000  # then it starts over empty (bounded memory, never wrong)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, Any]] = {}
+
+    def read(self, user_id: uuid.UUID, session_id: uuid.UUID, load: Any) -> Any:
+        """`load()`'s answer for this login, from the last `seconds` or fresh."""
+        if not self.seconds:
+            return load()
+        key, now = (user_id, session_id), time.monotonic()
+        kept = self._entries.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        found = load()
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key] = (now + self.seconds, found)
+        return found
+
+    def forget(self, user_id: Any) -> None:
+        """Drop what is kept for every login of `user_id`."""
+        user_id = uuid.UUID(str(user_id))
+        for key in [key for key in self._entries if key[0] == user_id]:
+            self._entries.pop(key, None)
+
+
+_RECENT_CALLERS = "myapp.recent_callers"
+
+
+def init_recent_callers(app: Flask, seconds: float) -> RecentCallers:
+    """Give `app` its cache of caller reads."""
+    app.extensions[_RECENT_CALLERS] = RecentCallers(seconds)
+    return app.extensions[_RECENT_CALLERS]
+
+
+def recent_callers() -> RecentCallers:
+    """The current app's cache of caller reads."""
+    return current_app.extensions[_RECENT_CALLERS]
+
+
 def init_auth_metrics(app: Flask) -> Counter:
     """`auth_login_failures_total{reason}`: failed logins by why (the client is never told
     which). Many `unknown_user` look like credential stuffing; many `wrong_password` on
@@ -118,7 +172,9 @@ def login(*, email: str, password: str) -> dict[str, Any]:
 
 def _announce_ended(user_id: Any, session_ids: list[uuid.UUID]) -> None:
     """Tell whatever holds these logins open (event streams) that they ended, once the
-    revocation commits (`auth.sessions_ended` through the outbox)."""
+    revocation commits (`auth.sessions_ended` through the outbox). This process forgets
+    its cached reads of the user's logins at once."""
+    recent_callers().forget(user_id)
     if session_ids:
         events.emit(
             SESSIONS_ENDED,
@@ -275,15 +331,20 @@ def _login_open() -> Exists:
 
 
 def resolve_caller(*, credentials: Credentials) -> tuple[Actor, Any]:
-    """The actor behind a verified access token, and its user row, in one SQL statement.
+    """The actor behind a verified access token, and its user row, in one SQL statement
+    (or none, when this login was read in the last `AUTH_CALLER_CACHE_SECONDS`).
 
     The user with roles and token_version, and whether the token's login is still open,
     come back together. 401 `AUTH_TOKEN_REVOKED` when the user is gone, inactive, has
     moved to a newer token version, or the login was ended.
     """
     user_id, session_id = uuid.UUID(credentials.user_id), uuid.UUID(credentials.session_id)
-    found = users_service.read_with_roles(
-        user_id=user_id, also=_login_open(), params={"session_id": session_id}
+    found = recent_callers().read(
+        user_id,
+        session_id,
+        lambda: users_service.read_with_roles(
+            user_id=user_id, also=_login_open(), params={"session_id": session_id}
+        ),
     )
     if found is None:
         raise AppError("AUTH_TOKEN_REVOKED")
