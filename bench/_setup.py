@@ -73,3 +73,37 @@ def access_token(base: str) -> str:
 def prod_secrets() -> dict[str, str]:
     """Fresh random secrets for the production profile (which refuses placeholders)."""
     return generate_local_secrets()
+
+
+def many_access_tokens(env: dict[str, str], count: int) -> list[str]:
+    """`count` access tokens of the benchmark user, each of a login of its own, signed as
+    the servers running with `env` sign them (logging in that often would take minutes
+    of password hashing and meet the login budget)."""
+    from myapp import create_app
+    from myapp.auth.models import AuthSession
+    from myapp.auth.tokens import issue_pair, refresh_expiry
+    from myapp.core.db import new_id, unit_of_work
+    from myapp.extensions import db
+    from myapp.users.models import User
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        app = create_app()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    with app.app_context():
+        user = db.session.query(User).filter_by(email=EMAIL).one()
+        session_ids = [new_id() for _ in range(count)]
+        with unit_of_work():
+            db.session.add_all(
+                AuthSession(id=session_id, user_id=user.id, expires_at=refresh_expiry())
+                for session_id in session_ids
+            )
+        tokens = [
+            issue_pair(user=user, session_id=session_id, refresh_id=new_id())["access_token"]
+            for session_id in session_ids
+        ]
+        db.engine.dispose()
+    return tokens

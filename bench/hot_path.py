@@ -14,6 +14,10 @@ noise hits both, and prints median req/s, median p99 latency and the ratio
 project/peer. Goal: ratio >= 0.5 and project p99 < 50 ms.
 Scenario 2 loads the project at `--flood` (256) connections and reports non-2xx
 answers and socket errors (goal: 0 and 0).
+Scenario 3 repeats scenario 1 with `--logins` (6000) tokens of as many logins, each
+request with the next one: a token comes back only after the project's caller cache
+(`AUTH_CALLER_CACHE_SECONDS`, 1 s) forgot it, so every request reads its login from
+PostgreSQL. Scenario 1 (one token) is the cache's best case, this one its worst.
 
     .venv/bin/python -m bench.hot_path [--rounds 5] [--seconds 10] [--profile DIR]
 
@@ -52,7 +56,7 @@ from pathlib import Path
 
 from bench._profile import py_spy, top_frames
 from bench._report import report_logger
-from bench._setup import access_token, prod_secrets, server_env
+from bench._setup import access_token, many_access_tokens, prod_secrets, server_env
 from tests.support.servers import gunicorn
 
 log = report_logger("bench.hot_path")
@@ -77,12 +81,39 @@ def _ms(text: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk(url: str, token: str, seconds: float, connections: int) -> WrkResult:
-    """One wrk run with latency percentiles."""
+#: wrk script: each request with the next token of the file given after `--`; the two
+#: threads take every other one, so a token comes back only once all have been sent.
+ROTATE_TOKENS = """
+local threads = 0
+function setup(thread)
+  thread:set("id", threads)
+  threads = threads + 1
+end
+function init(args)
+  tokens = {}
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  n = id
+end
+function request()
+  n = (n + 2) % #tokens
+  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[n + 1]})
+end
+"""
+
+
+def wrk(url: str, token: str | Path, seconds: float, connections: int) -> WrkResult:
+    """One wrk run with latency percentiles. `token`: one access token for every request,
+    or a file of tokens, one per line, sent in turn (`ROTATE_TOKENS`)."""
+    if isinstance(token, Path):
+        script = token.with_suffix(".lua")
+        script.write_text(ROTATE_TOKENS)
+        auth = ("-s", str(script), url, "--", str(token))
+    else:
+        auth = ("-H", f"Authorization: Bearer {token}", url)
     result = subprocess.run(
         [
             *("wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"),
-            *("--timeout", "5s", "-H", f"Authorization: Bearer {token}", url),
+            *("--timeout", "5s", *auth),
         ],
         capture_output=True,
         text=True,
@@ -246,8 +277,34 @@ def summary(name: str, runs: list[WrkResult]) -> tuple[float, float]:
     return rps, p99
 
 
+def many_logins(
+    targets: dict[str, str], env: dict[str, str], args: argparse.Namespace, workdir: Path
+) -> dict[str, list[WrkResult]]:
+    """Scenario 3: project and peer in alternating rounds, a token per request in turn."""
+    tokens = workdir / "tokens.txt"
+    tokens.write_text("\n".join(many_access_tokens(env, args.logins)) + "\n")
+    runs: dict[str, list[WrkResult]] = {"project": [], "peer": []}
+    for n in range(args.rounds):
+        for name in ("project", "peer") if n % 2 == 0 else ("peer", "project"):
+            runs[name].append(wrk(targets[name], tokens, args.seconds, args.connections))
+    return runs
+
+
+def report_many_logins(runs: dict[str, list[WrkResult]], logins: int) -> int:
+    """Print scenario 3; its non-2xx answers and socket errors."""
+    log.info(
+        "Many logins: %d tokens sent in turn (each comes back after the caller cache forgot"
+        " it: every request reads its login)",
+        logins,
+    )
+    project_rps, project_p99 = summary("project", runs["project"])
+    peer_rps, _ = summary("peer", runs["peer"])
+    log.info("  ratio project/peer: %.2f; project p99 %.1f ms", project_rps / peer_rps, project_p99)
+    return sum(r.non_2xx + r.socket_errors for rs in runs.values() for r in rs)
+
+
 def main() -> int:  # noqa: PLR0915 - one linear script
-    """Run both scenarios and print the report."""
+    """Run the scenarios and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10)
@@ -257,6 +314,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     parser.add_argument("--profile", type=Path, help="record py-spy stacks into this directory")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="project setting"
+    )
+    parser.add_argument(
+        "--logins",
+        type=int,
+        default=6000,
+        help="scenario 3: as many logins, one token each, sent in turn (0: skip)",
     )
     parser.add_argument("--tracing", action="store_true", help="add the project, traced")
     parser.add_argument("--baseline", metavar="REV", help="add the project at this revision")
@@ -299,6 +362,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             order = names[n % len(names) :] + names[: n % len(names)]  # each leads in turn
             for name in order:
                 runs[name].append(wrk(targets[name], token, args.seconds, args.connections))
+        spread = many_logins(targets, env, args, workdir) if args.logins else {}
         flood = wrk(targets["project"], token, args.seconds, args.flood)
         flood_peer = wrk(targets["peer"], token, args.seconds, args.flood)
         if args.profile:
@@ -325,6 +389,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         project_p99,
     )
     report_extras(runs, calls, peer_rps=peer_rps, project=(project_rps, project_p99))
+    if spread:
+        errors += report_many_logins(spread, args.logins)
     log.info("  non-2xx + socket errors over all rounds: %d", errors)
     log.info("Flood: wrk -c%d for %.0f s", args.flood, args.seconds)
     for name, result in (("project", flood), ("peer", flood_peer)):
