@@ -38,6 +38,7 @@ from myapp import create_app
 from myapp.audit.models import AuditLog
 from myapp.core.config import current_settings
 from myapp.core.db import unit_of_work
+from myapp.core.outbox import OutboxEvent
 from myapp.core.redis import redis_client
 from myapp.core.tasks import QUEUES, celery_app
 from myapp.devservices.secrets import generate as generate_local_secrets
@@ -47,6 +48,7 @@ from myapp.flags.cache import FlagCache, flag_cache
 from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from myapp.users.models import Role, User
 from myapp.users.seed import seed_roles
+from tests.support.pgwire import StatementCounter
 from tests.support.routes import register_test_routes
 
 #: Non-placeholder secrets, so a test can boot the stage/prod profiles (never used anywhere else).
@@ -393,6 +395,15 @@ def password_hash(app: Flask) -> str:
 
 
 @pytest.fixture
+def wire(database_url: str) -> Iterator[StatementCounter]:
+    """A proxy in front of the test PostgreSQL that counts the statements sent through it
+    (`make_app(database_url=wire.url)`; `with wire.counting() as statements:`)."""
+    counter = StatementCounter(database_url)
+    yield counter
+    counter.close()
+
+
+@pytest.fixture
 def commit_user(password_hash: str) -> Iterator[Callable[..., str]]:
     """Commit a user for real through `app` (an app of `make_app`, which cannot see the
     test transaction); its e-mail. Removed afterwards, with what its requests left."""
@@ -416,6 +427,8 @@ def commit_user(password_hash: str) -> Iterator[Callable[..., str]]:
                     or_(AuditLog.actor_id == user_id, AuditLog.target_id == str(user_id))
                 )
             )
+            # Events its requests left (an ended login's) would count in outbox tests.
+            db.session.execute(delete(OutboxEvent).where(OutboxEvent.aggregate_id == str(user_id)))
             db.session.execute(delete(User).where(User.id == user_id))  # logins cascade
             db.session.commit()
 

@@ -14,16 +14,8 @@ import pytest
 
 from tests.conftest import PASSWORD, bearer, libpq_url, login
 from tests.core.test_hot_path import RedisSends, forget_redis
-from tests.support.pgwire import StatementCounter
 
 CACHE_SECONDS = 1.0
-
-
-@pytest.fixture
-def wire(database_url):
-    counter = StatementCounter(database_url)
-    yield counter
-    counter.close()
 
 
 @pytest.fixture

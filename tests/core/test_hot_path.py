@@ -16,14 +16,6 @@ import redis.connection
 from myapp.core.redis import redis_key
 from myapp.extensions import db
 from tests.conftest import PASSWORD, bearer, clear_redis_prefix, login, redis_of, settings_of
-from tests.support.pgwire import StatementCounter
-
-
-@pytest.fixture
-def wire(database_url):
-    counter = StatementCounter(database_url)
-    yield counter
-    counter.close()
 
 
 @pytest.fixture
