@@ -23,9 +23,9 @@ from myapp.auth import tickets, tokens
 from myapp.auth.models import AuthSession, RefreshToken
 from myapp.core import events, passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
-from myapp.core.db import new_id, unit_of_work
+from myapp.core.db import after_commit, new_id, unit_of_work
 from myapp.core.errors import AppError
-from myapp.core.guards import deny_token, is_denied
+from myapp.core.guards import bump_generation, caller_generation, deny_token, is_denied
 from myapp.core.metrics import app_counter
 from myapp.core.permissions import permissions_for
 from myapp.extensions import db
@@ -85,38 +85,36 @@ class RecentCallers:
 
     Every authenticated request reads its user, roles and login session; a client sends
     several requests a second, and each read is a database round trip the request waits
-    for. Answers are kept `seconds` (`AUTH_CALLER_CACHE_SECONDS`, 0: never), so a change
-    made elsewhere (another process ended the login, changed the roles) counts here
-    within that time; one made in this process (every session end goes through
-    `_announce_ended`) counts at once. A logged-out access token is refused at once
-    everywhere: the denylist in Redis is asked on every request, never cached.
+    for. An answer is reused for `seconds` (`AUTH_CALLER_CACHE_SECONDS`, 0: never) while
+    the user's generation is unchanged: the guards step reads it in its Redis round trip,
+    and every change to a user or their logins sets a new one once it commits
+    (`core.guards.bump_generation`), so every process reads again at once. Only a change
+    made past the services (SQL by hand) waits out `seconds`. Without a generation (Redis
+    down, a socket connect) every read goes to the database.
     """
 
     MAX_ENTRIES = 10_000  # then it starts over empty (bounded memory, never wrong)
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, Any]] = {}
+        self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str, Any]] = {}
 
-    def read(self, user_id: uuid.UUID, session_id: uuid.UUID, load: Any) -> Any:
-        """`load()`'s answer for this login, from the last `seconds` or fresh."""
-        if not self.seconds:
+    def read(
+        self, user_id: uuid.UUID, session_id: uuid.UUID, generation: str | None, load: Any
+    ) -> Any:
+        """`load()`'s answer for this login: kept, when read at this generation in the last
+        `seconds`; else fresh (and kept)."""
+        if not self.seconds or generation is None:
             return load()
         key, now = (user_id, session_id), time.monotonic()
         kept = self._entries.get(key)
-        if kept is not None and kept[0] > now:
-            return kept[1]
+        if kept is not None and kept[0] > now and kept[1] == generation:
+            return kept[2]
         found = load()
         if len(self._entries) >= self.MAX_ENTRIES:
             self._entries.clear()
-        self._entries[key] = (now + self.seconds, found)
+        self._entries[key] = (now + self.seconds, generation, found)
         return found
-
-    def forget(self, user_id: Any) -> None:
-        """Drop what is kept for every login of `user_id`."""
-        user_id = uuid.UUID(str(user_id))
-        for key in [key for key in self._entries if key[0] == user_id]:
-            self._entries.pop(key, None)
 
 
 _RECENT_CALLERS = "myapp.recent_callers"
@@ -172,9 +170,9 @@ def login(*, email: str, password: str) -> dict[str, Any]:
 
 def _announce_ended(user_id: Any, session_ids: list[uuid.UUID]) -> None:
     """Tell whatever holds these logins open (event streams) that they ended, once the
-    revocation commits (`auth.sessions_ended` through the outbox). This process forgets
-    its cached reads of the user's logins at once."""
-    recent_callers().forget(user_id)
+    revocation commits (`auth.sessions_ended` through the outbox); then, what any process
+    cached about the user's logins is out of date."""
+    after_commit(lambda: bump_generation(user_id))
     if session_ids:
         events.emit(
             SESSIONS_ENDED,
@@ -342,6 +340,7 @@ def resolve_caller(*, credentials: Credentials) -> tuple[Actor, Any]:
     found = recent_callers().read(
         user_id,
         session_id,
+        caller_generation(),
         lambda: users_service.read_with_roles(
             user_id=user_id, also=_login_open(), params={"session_id": session_id}
         ),

@@ -40,6 +40,7 @@ from myapp.settings import Settings
 
 log = get_logger(__name__)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AFTER_COMMIT = "myapp.after_commit"
 
 
 def new_id() -> uuid.UUID:
@@ -307,12 +308,25 @@ def unit_of_work(session: Session | None = None) -> Iterator[Session]:
         yield session
         if depth == 0:
             session.commit()
+            for callback in session.info.pop(_AFTER_COMMIT, ()):
+                callback()
     except BaseException:
         if depth == 0:
+            session.info.pop(_AFTER_COMMIT, None)
             session.rollback()
         raise
     finally:
         session.info["uow_depth"] = depth
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the current unit of work has committed (never if it rolls
+    back); at once outside one. For what others must only learn of a committed change."""
+    session = db.session
+    if not session.info.get("uow_depth", 0):
+        callback()
+        return
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func, insert, select
 from sqlalchemy.orm import registry
 
-from myapp.core.db import new_id, unit_of_work
+from myapp.core.db import after_commit, new_id, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.paging import Page, cursor_page, decode_cursor, offset_page
 
@@ -68,6 +68,28 @@ def test_nested_units_of_work_commit_once_at_the_outermost(db_session, table):
         raise RuntimeError("outer fails after inner finished")
     # The inner block did not commit on its own: the outer failure undid it.
     assert db_session.execute(select(func.count()).select_from(table)).scalar_one() == 0
+
+
+def test_after_commit_runs_once_the_outermost_unit_commits_and_never_on_rollback(db_session, table):
+    seen: list[int] = []
+
+    def count() -> int:
+        return db_session.execute(select(func.count()).select_from(table)).scalar_one()
+
+    with unit_of_work():
+        with unit_of_work():
+            add(db_session, 1, "inner")
+            after_commit(lambda: seen.append(count()))
+        assert seen == []  # the inner block committed nothing
+    assert seen == [1]  # ran after the commit, once, seeing the committed row
+    with pytest.raises(RuntimeError), unit_of_work():
+        after_commit(lambda: seen.append(-1))
+        raise RuntimeError("boom")
+    with unit_of_work():
+        pass
+    assert seen == [1]  # the rolled-back one's callback is gone, not run later
+    after_commit(lambda: seen.append(0))  # outside a unit of work: at once
+    assert seen == [1, 0]
 
 
 def test_offset_page_meta(db_session, table):
