@@ -15,9 +15,10 @@ project/peer. Goal: ratio >= 0.5 and project p99 < 50 ms.
 Scenario 2 loads the project at `--flood` (256) connections and reports non-2xx
 answers and socket errors (goal: 0 and 0).
 Scenario 3 repeats scenario 1 with `--logins` (6000) tokens of as many logins, each
-request with the next one: a token comes back only after the project's caller cache
-(`AUTH_CALLER_CACHE_SECONDS`, 1 s) forgot it, so every request reads its login from
-PostgreSQL. Scenario 1 (one token) is the cache's best case, this one its worst.
+request with the next one: a token comes back only after the project's caches forgot it
+(the caller cache, `AUTH_CALLER_CACHE_SECONDS`, 1 s; the verified-signature cache of
+`auth.tokens`, 4096 tokens), so every request checks its signature and reads its login
+from PostgreSQL. Scenario 1 (one token) is the caches' best case, this one their worst.
 
     .venv/bin/python -m bench.hot_path [--rounds 5] [--seconds 10] [--profile DIR]
 
