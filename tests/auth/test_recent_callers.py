@@ -30,6 +30,16 @@ def cached_app(make_app, wire):
     )
 
 
+def end_logins_by_hand(database_url: str, email: str) -> None:
+    """End the user's logins in SQL, past the services: nobody announces the change."""
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        conn.execute(
+            "UPDATE auth_sessions SET revoked_at = now()"
+            " WHERE user_id = (SELECT id FROM users WHERE email = %s)",
+            (email,),
+        )
+
+
 def me(client, tokens) -> tuple[int, str | None]:
     body = client.get("/v1/users/me", headers=bearer(tokens)).get_json()
     return (200, None) if "data" in body else (401, body["error"]["code"])
@@ -84,19 +94,14 @@ def test_changes_made_in_another_process_count_at_once(cached_app, other_process
     assert here.get("/v1/users/me", headers=bearer(third)).get_json()["data"]["name"] == "Renamed"
 
 
-def test_a_login_ended_by_another_process_is_refused_within_the_cache_time(
+def test_a_login_ended_by_hand_in_sql_is_refused_within_the_cache_time(
     cached_app, commit_user, database_url
 ):
     client = cached_app.test_client()
     email = commit_user(cached_app)
     tokens = login(client, email, PASSWORD)
     assert me(client, tokens) == (200, None)
-    with psycopg.connect(libpq_url(database_url)) as conn:  # as another process would
-        conn.execute(
-            "UPDATE auth_sessions SET revoked_at = now()"
-            " WHERE user_id = (SELECT id FROM users WHERE email = %s)",
-            (email,),
-        )
+    end_logins_by_hand(database_url, email)
     ended_at = time.monotonic()
     while me(client, tokens) == (200, None):
         assert time.monotonic() - ended_at < CACHE_SECONDS + 0.5, "still served after the TTL"
@@ -118,12 +123,7 @@ def test_with_redis_down_every_request_reads_its_login(make_app, commit_user, da
         assert me(client, tokens) == (200, None)  # kept, at the user's generation
         redis.stop()  # no generation now: nothing kept can be trusted, nothing is kept
         assert me(client, tokens) == (200, None)
-        with psycopg.connect(libpq_url(database_url)) as conn:  # a change nobody announces
-            conn.execute(
-                "UPDATE auth_sessions SET revoked_at = now()"
-                " WHERE user_id = (SELECT id FROM users WHERE email = %s)",
-                (email,),
-            )
+        end_logins_by_hand(database_url, email)
         assert me(client, tokens) == (401, "AUTH_TOKEN_REVOKED")  # read again, at once
     finally:
         redis.stop()
