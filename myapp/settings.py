@@ -276,6 +276,9 @@ class Settings(BaseSettings):
     )
     files_chunk_bytes: int = Field(64 * 1024, ge=4096, le=8 * 1024 * 1024)
     files_orphan_grace_seconds: int = Field(3600, ge=60)
+    # A running job's lock lives this long unless its runner renews it (every third of it):
+    # how long a job whose worker died waits before the reclaim sweep queues it again.
+    job_lease_seconds: float = Field(30.0, ge=3, le=3600)
     ratelimit_upload: str = "20/minute"
     s3_bucket: str | None = None
     s3_prefix: str = "files/"

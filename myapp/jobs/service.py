@@ -27,6 +27,7 @@ from flask import Flask, current_app
 from sqlalchemy import select, update
 
 from myapp.core import events, streams
+from myapp.core.config import current_settings
 from myapp.core.context import Actor
 from myapp.core.db import separate_transaction, unit_of_work
 from myapp.core.errors import AppError
@@ -38,9 +39,6 @@ from myapp.jobs.models import FINAL_STATUSES, Job, JobStatus
 log = get_logger(__name__)
 JOB_QUEUED = "job.queued"
 _RUNNERS = "myapp.job_runners"
-#: A running job's lock: extended by its live runner every third of this, so it outlives a
-#: dead one by at most this long.
-_LOCK_TTL = 30.0
 #: Runs a job may start (each cut short by a dead worker counts) before it is failed.
 MAX_ATTEMPTS = 3
 
@@ -138,7 +136,10 @@ def _claim(job_id: uuid.UUID) -> JobRun | None:
 def run_job(*, job_id: uuid.UUID) -> bool:
     """Worker: run a queued job to its end. False when there was nothing to run."""
     try:
-        with distributed_lock(_lock_name(job_id), ttl=_LOCK_TTL, auto_extend=True):
+        # Extended by this live runner every third of its lifetime: it outlives a dead one
+        # by at most `JOB_LEASE_SECONDS`.
+        lease = current_settings().job_lease_seconds
+        with distributed_lock(_lock_name(job_id), ttl=lease, auto_extend=True):
             run = _claim(job_id)
             if run is None:
                 return False

@@ -73,7 +73,9 @@ def test_an_export_whose_worker_is_killed_mid_run_is_run_again_to_the_end(
     seed_users(own_database.url, 30_000, password_hash)
     http = own_database.app.test_client()
     tokens = login(http, own_database.manager_email, PASSWORD)
-    env = {"APP_NAME": own_database.app_name}  # the default visibility: back only in 1 h
+    # The default visibility (back only in 1 h); a 5 s job lease instead of 30 s, so the
+    # dead worker's lock lapses sooner (the same sweep, a shorter wait).
+    env = {"APP_NAME": own_database.app_name, "JOB_LEASE_SECONDS": "5"}
     first = Worker(own_database.url, tmp_path / "first.log", name="doomed", **env).wait_ready()
     started = http.post("/v1/users/export", headers=bearer(tokens))
     assert started.status_code == 202
@@ -88,10 +90,11 @@ def test_an_export_whose_worker_is_killed_mid_run_is_run_again_to_the_end(
     wait_until(lambda: job()[0] == "running" and job()[1] > 0, 60, "the export never ran")
     first.kill()  # SIGKILL mid-export: no warm shutdown, the message stays unacknowledged
     assert job()[0] == "running"
+    with own_database.app.app_context():
+        assert jobs.reclaim_abandoned() == 0  # the dead worker's lock has not lapsed yet
     second = Worker(own_database.url, tmp_path / "second.log", name="heir", **env).wait_ready()
     try:
         with own_database.app.app_context():
-            assert jobs.reclaim_abandoned() == 0  # the dead worker's lock has not lapsed yet
             deadline = time.monotonic() + 45
             while jobs.reclaim_abandoned() == 0:  # beat asks every minute; here every second
                 assert time.monotonic() < deadline, "the lock never lapsed"
