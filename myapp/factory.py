@@ -17,6 +17,7 @@ from redis import Redis
 from myapp.audit.routes import blp as audit_blp
 from myapp.auth import caller, tickets, tokens
 from myapp.auth import service as auth_service
+from myapp.auth.recent_callers import init_recent_callers
 from myapp.auth.routes import blp as auth_blp
 from myapp.chat.routes import blp as chat_blp
 from myapp.chat.sockets import ChatNamespace, init_chat_metrics
@@ -226,7 +227,7 @@ def register_domains(app: Flask, settings: Settings, redis: Redis) -> None:
     """What domains plug into the platform and into each other; their commands."""
     users_service.tokens_revoked.connect(auth_service.end_all_sessions)
     auth_service.init_auth_metrics(app)
-    auth_service.init_recent_callers(app, settings.auth_caller_cache_seconds)
+    init_recent_callers(app, settings.auth_caller_cache_seconds)
     realtime(app).login_check = auth_service.open_logins
     socketio.on_namespace(ChatNamespace())
     init_chat_metrics(app)

@@ -240,8 +240,8 @@ class Settings(BaseSettings):
     jwt_access_token_expires: int = Field(900, ge=60, description="seconds")
     jwt_refresh_token_expires: int = Field(7 * 24 * 3600, ge=300, description="seconds")
     # How long a process reuses what it read about a login (user, roles, session open)
-    # while the user's generation is unchanged (`auth.service.RecentCallers`); a change
-    # made past the app (SQL by hand) counts after at most this long. 0: read every time.
+    # while the user's generation is unchanged (`auth.recent_callers`); a change made
+    # past the app (SQL by hand) counts after at most this long. 0: read every time.
     auth_caller_cache_seconds: float = Field(1.0, ge=0, le=10)
 
     encryption_keys: SecretStr | None = None

@@ -7,7 +7,6 @@ Every use case owns its unit of work; audit rows commit with the change they des
 from __future__ import annotations
 
 import functools
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,11 +20,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from myapp.audit import service as audit
 from myapp.auth import tickets, tokens
 from myapp.auth.models import AuthSession, RefreshToken
+from myapp.auth.recent_callers import recent_callers
 from myapp.core import events, passwords
 from myapp.core.context import Actor, Credentials, current_actor, current_client
-from myapp.core.db import after_commit, new_id, unit_of_work
+from myapp.core.db import new_id, unit_of_work
 from myapp.core.errors import AppError
-from myapp.core.guards import bump_generation, caller_generation, deny_token, is_denied
+from myapp.core.guards import caller_generation, deny_token, is_denied, outdate_caller
 from myapp.core.metrics import app_counter
 from myapp.core.permissions import permissions_for
 from myapp.extensions import db
@@ -80,57 +80,6 @@ def _open_session(user: Any) -> dict[str, Any]:
     return _issue(user, session)
 
 
-class RecentCallers:
-    """What the caller read found, by (user id, login session id), for a few seconds.
-
-    Every authenticated request reads its user, roles and login session; a client sends
-    several requests a second, and each read is a database round trip the request waits
-    for. An answer is reused for `seconds` (`AUTH_CALLER_CACHE_SECONDS`, 0: never) while
-    the user's generation is unchanged: the guards step reads it in its Redis round trip,
-    and every change to a user or their logins sets a new one once it commits
-    (`core.guards.bump_generation`), so every process reads again at once. Only a change
-    made past the services (SQL by hand) waits out `seconds`. Without a generation (Redis
-    down, a socket connect) every read goes to the database.
-    """
-
-    MAX_ENTRIES = 10_000  # then it starts over empty (bounded memory, never wrong)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, str, Any]] = {}
-
-    def read(
-        self, user_id: uuid.UUID, session_id: uuid.UUID, generation: str | None, load: Any
-    ) -> Any:
-        """`load()`'s answer for this login: kept, when read at this generation in the last
-        `seconds`; else fresh (and kept)."""
-        if not self.seconds or generation is None:
-            return load()
-        key, now = (user_id, session_id), time.monotonic()
-        kept = self._entries.get(key)
-        if kept is not None and kept[0] > now and kept[1] == generation:
-            return kept[2]
-        found = load()
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[key] = (now + self.seconds, generation, found)
-        return found
-
-
-_RECENT_CALLERS = "myapp.recent_callers"
-
-
-def init_recent_callers(app: Flask, seconds: float) -> RecentCallers:
-    """Give `app` its cache of caller reads."""
-    app.extensions[_RECENT_CALLERS] = RecentCallers(seconds)
-    return app.extensions[_RECENT_CALLERS]
-
-
-def recent_callers() -> RecentCallers:
-    """The current app's cache of caller reads."""
-    return current_app.extensions[_RECENT_CALLERS]
-
-
 def init_auth_metrics(app: Flask) -> Counter:
     """`auth_login_failures_total{reason}`: failed logins by why (the client is never told
     which). Many `unknown_user` look like credential stuffing; many `wrong_password` on
@@ -172,7 +121,7 @@ def _announce_ended(user_id: Any, session_ids: list[uuid.UUID]) -> None:
     """Tell whatever holds these logins open (event streams) that they ended, once the
     revocation commits (`auth.sessions_ended` through the outbox); then, what any process
     cached about the user's logins is out of date."""
-    after_commit(lambda: bump_generation(user_id))
+    outdate_caller(user_id)
     if session_ids:
         events.emit(
             SESSIONS_ENDED,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -308,7 +308,7 @@ def unit_of_work(session: Session | None = None) -> Iterator[Session]:
         yield session
         if depth == 0:
             session.commit()
-            for callback in session.info.pop(_AFTER_COMMIT, ()):
+            for callback in session.info.pop(_AFTER_COMMIT, {}).values():
                 callback()
     except BaseException:
         if depth == 0:
@@ -319,14 +319,16 @@ def unit_of_work(session: Session | None = None) -> Iterator[Session]:
         session.info["uow_depth"] = depth
 
 
-def after_commit(callback: Callable[[], None]) -> None:
+def after_commit(callback: Callable[[], None], *, key: Hashable | None = None) -> None:
     """Run `callback` once the current unit of work has committed (never if it rolls
-    back); at once outside one. For what others must only learn of a committed change."""
+    back); at once outside one. For what others must only learn of a committed change.
+    With a `key`, a callback already waiting under the same key is not added again."""
     session = db.session
     if not session.info.get("uow_depth", 0):
         callback()
         return
-    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    pending = session.info.setdefault(_AFTER_COMMIT, {})
+    pending.setdefault(object() if key is None else key, callback)
 
 
 @contextmanager

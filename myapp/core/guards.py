@@ -30,6 +30,7 @@ from limits import parse
 
 from myapp.core.config import current_settings
 from myapp.core.context import OPERATIONAL_PREFIXES, current_credentials
+from myapp.core.db import after_commit
 from myapp.core.errors import AppError
 from myapp.core.logging import get_logger
 from myapp.core.ratelimit import count_storage_error
@@ -114,16 +115,21 @@ def generation_key(user_id: str) -> str:
     return redis_key("caller", "generation", user_id)
 
 
-def bump_generation(user_id: Any) -> None:
+def bump_generation(user_id: str) -> None:
     """Mark what any process read about this user and their logins as outdated: the next
     request of theirs reads it again (`caller_generation()`). Redis down: logged, and
     what was read goes out of date with its cache time anyway."""
     try:
-        redis_client().set(
-            generation_key(str(user_id)), secrets.token_hex(8), ex=GENERATION_TTL_SECONDS
-        )
+        redis_client().set(generation_key(user_id), secrets.token_hex(8), ex=GENERATION_TTL_SECONDS)
     except redis.exceptions.RedisError:
         log.warning("caller.generation_unavailable")
+
+
+def outdate_caller(user_id: Any) -> None:
+    """Once the current unit of work commits, give the user a new generation (one write
+    per user and unit of work, however many of its changes concern them)."""
+    user_id = str(user_id)
+    after_commit(lambda: bump_generation(user_id), key=("caller.generation", user_id))
 
 
 def caller_generation() -> str | None:

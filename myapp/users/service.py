@@ -24,9 +24,9 @@ from myapp.core import events, passwords
 from myapp.core import permissions as perms
 from myapp.core.cache import cached
 from myapp.core.context import Actor
-from myapp.core.db import after_commit, fetch_row, unit_of_work
+from myapp.core.db import fetch_row, unit_of_work
 from myapp.core.errors import AppError
-from myapp.core.guards import bump_generation
+from myapp.core.guards import outdate_caller
 from myapp.core.paging import Page, cursor_page, offset_page
 from myapp.extensions import db
 from myapp.jobs import service as jobs
@@ -89,8 +89,7 @@ def _audit_user(
 def _emit(name: str, user: User, **payload: Any) -> None:
     """Record a `user.*` event with the change (ids and field names only, no personal data);
     once it commits, what any process cached about the user is out of date."""
-    user_id = user.id
-    after_commit(lambda: bump_generation(user_id))
+    outdate_caller(user.id)
     events.emit(
         name,
         aggregate_type="user",

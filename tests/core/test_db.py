@@ -92,6 +92,15 @@ def test_after_commit_runs_once_the_outermost_unit_commits_and_never_on_rollback
     assert seen == [1, 0]
 
 
+def test_after_commit_with_a_key_runs_once_however_often_it_was_asked(db_session):
+    seen: list[str] = []
+    with unit_of_work():
+        for _ in range(3):
+            after_commit(lambda: seen.append("a"), key="a")
+        after_commit(lambda: seen.append("b"), key="b")
+    assert seen == ["a", "b"]
+
+
 def test_offset_page_meta(db_session, table):
     add(db_session, 45)
     page = offset_page(select(ScratchItem).order_by(ScratchItem.id), page=3, per_page=20)
