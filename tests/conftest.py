@@ -7,6 +7,8 @@
   each other's data.
 - Each test runs inside a transaction that is rolled back; services' commits only release
   a savepoint.
+- Under `pytest -n N`, each worker starts with its share of the slow tests
+  (`tests/support/ordering.py`).
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ from myapp.flags.cache import FlagCache, flag_cache
 from myapp.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from myapp.users.models import Role, User
 from myapp.users.seed import seed_roles
+from tests.support.ordering import slow_first
 from tests.support.pgwire import StatementCounter
 from tests.support.routes import register_test_routes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist, lay the slow tests out so that every worker starts with its share."""
+    items[:] = slow_first(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")))
+
 
 #: Non-placeholder secrets, so a test can boot the stage/prod profiles (never used anywhere else).
 PROD_SECRETS = {

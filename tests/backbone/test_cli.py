@@ -80,7 +80,8 @@ def emit_pings(app, aggregate_type: str, count: int = 3) -> None:
             events.emit("test.ping", aggregate_type=aggregate_type, aggregate_id=n, payload={})
 
 
-def test_outbox_status_counts_what_waits(app, db_session):
+def test_outbox_status_counts_what_waits(own_database):
+    app = own_database.app  # the backlog counts every pending event: no other test's here
     emit_pings(app, "status")
     output = app.test_cli_runner().invoke(args=["outbox", "status"]).output
     assert output.startswith("backlog=3 oldest_age_s=")

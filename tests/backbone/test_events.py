@@ -19,9 +19,14 @@ from tests.conftest import bearer, libpq_url, login
 REGISTER = {"email": "events@example.com", "password": "long-enough-pw", "name": "Ev"}
 
 
-def pending(db_session, name: str) -> list[OutboxEvent]:
+def pending(db_session, name: str, request_id: str) -> list[OutboxEvent]:
+    """Events `name` of one request (other tests' servers commit events of their own)."""
     return list(
-        db_session.scalars(select(OutboxEvent).where(OutboxEvent.name == name).order_by("id"))
+        db_session.scalars(
+            select(OutboxEvent)
+            .where(OutboxEvent.name == name, OutboxEvent.request_id == request_id)
+            .order_by("id")
+        )
     )
 
 
@@ -30,7 +35,7 @@ def test_a_registration_commits_its_event_with_the_user_and_the_audit_row(client
     assert response.status_code == 201
     user_id = response.get_json()["data"]["id"]
 
-    [event] = pending(db_session, "user.registered")
+    [event] = pending(db_session, "user.registered", "reg-1")
     assert (event.aggregate_type, event.aggregate_id) == ("user", user_id)
     assert event.payload == {"userId": user_id, "roles": ["user"]}  # ids only, no e-mail
     assert event.request_id == "reg-1" and event.sent_at is None
@@ -40,8 +45,9 @@ def test_a_registration_commits_its_event_with_the_user_and_the_audit_row(client
 
 def test_a_refused_change_leaves_no_event(client, db_session, make_user):
     make_user(email=REGISTER["email"])
-    assert client.post("/v1/auth/register", json=REGISTER).status_code == 409
-    assert pending(db_session, "user.registered") == []
+    refused = client.post("/v1/auth/register", json=REGISTER, headers={"X-Request-ID": "reg-2"})
+    assert refused.status_code == 409
+    assert pending(db_session, "user.registered", "reg-2") == []
 
 
 def test_each_user_change_has_its_event(client, db_session, make_user):
