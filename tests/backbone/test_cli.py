@@ -17,11 +17,14 @@ from myapp.core.crypto import crypto, row_aad
 from myapp.core.db import new_id, unit_of_work
 from myapp.core.deadletters import DEAD, DeadLetter
 from myapp.core.tasks import TransientError, celery_app
+from myapp.extensions import db
 from tests.support import tasks  # noqa: F401 - registers the test tasks
 
 
-def dead_letter(app, db_session, *, failed_days_ago: int = 0) -> uuid.UUID:
-    with app.app_context(), unit_of_work():  # commits into the test's transaction
+def dead_letter(app, db_session=None, *, failed_days_ago: int = 0) -> uuid.UUID:
+    """A dead letter, committed: into the test's transaction with `db_session`, else for
+    real (in a database of the test's own)."""
+    with app.app_context(), unit_of_work():
         when = datetime.now(UTC) - timedelta(days=failed_days_ago)
         letter_id = new_id()
         letter = DeadLetter(
@@ -43,7 +46,7 @@ def dead_letter(app, db_session, *, failed_days_ago: int = 0) -> uuid.UUID:
         aad = row_aad("dead_letters", "arguments", letter_id)
         plain = json.dumps({"args": ["alice"], "kwargs": {}})
         letter.arguments_ciphertext = crypto().ring.encrypt(plain, aad=aad)
-        db_session.add(letter)
+        (db_session or db.session).add(letter)
     return letter_id
 
 
@@ -57,8 +60,9 @@ def test_replay_with_the_broker_down_says_so_and_leaves_the_letter_dead(make_app
     assert (letter.status, letter.replays) == ("dead", 1)
 
 
-def test_list_show_and_purge(app, db_session):
-    recent, old = dead_letter(app, db_session), dead_letter(app, db_session, failed_days_ago=40)
+def test_list_show_and_purge(own_database):
+    app = own_database.app  # it lists and purges every dead letter: no other test's here
+    recent, old = dead_letter(app), dead_letter(app, failed_days_ago=40)
     runner = app.test_cli_runner()
     listed = runner.invoke(args=["dlq", "list"]).output.splitlines()
     assert [line.split()[0] for line in listed] == [str(recent), str(old)]
@@ -68,7 +72,8 @@ def test_list_show_and_purge(app, db_session):
     assert runner.invoke(args=["dlq", "purge", "--before", "30d"]).output.strip() == (
         "purged 1 dead letters"
     )
-    remaining = db_session.scalars(select(DeadLetter.id)).all()
+    with app.app_context():
+        remaining = db.session.scalars(select(DeadLetter.id)).all()
     assert remaining == [recent]
     assert runner.invoke(args=["dlq", "purge", "--before", "yesterday"]).exit_code == 2
 
