@@ -133,6 +133,8 @@ def test_a_task_that_keeps_failing_backs_off_lands_in_dead_letters_and_replays(
         )
 
     wait_until(letters, 30, "a dead letter")
+    # The worker counts and logs a dead letter after committing it.
+    wait_until(lambda: '"task.dead_lettered"' in worker.output(), 10, "the dead letter's log")
     [(letter_id, attempts, status, request_id, masked, sealed, error, spread)] = letters()
     assert (attempts, status, request_id) == (4, "dead", "dlq-req-1")
     assert masked == {"args": [key, "***(15)"], "kwargs": {}}

@@ -21,7 +21,7 @@ import pytest
 from tests.chat.conftest import FAST, ChatStack, served_realtime
 from tests.conftest import TEST_APP_NAME, libpq_url, redis_test_url, server_env
 from tests.support.chat import RefusedError, rest
-from tests.support.servers import ThrowawayRedis, wait_until, worker_pids
+from tests.support.servers import ThrowawayRedis, together, wait_until, worker_pids
 from tests.support.workers import Worker
 
 pytestmark = pytest.mark.slow
@@ -68,10 +68,10 @@ def test_two_realtime_processes_share_rooms_and_a_shutdown_loses_no_message(isol
     stack = isolated
     a, b = stack.person(), stack.person()
     room = stack.room(a, b)
-    with (
-        worker(stack, "w"),
-        served_realtime(stack) as (leaving, base_1),
-        served_realtime(stack) as (_, base_2),
+    with together(worker(stack, "w"), served_realtime(stack), served_realtime(stack)) as (
+        _,
+        (leaving, base_1),
+        (_, base_2),
     ):
         chat_a, chat_b = stack.joined(a, room, base_1), stack.joined(b, room, base_2)
         assert send(chat_a, room, "across")["status"] == "ACCEPTED"
@@ -119,7 +119,7 @@ def test_an_accepted_message_survives_a_killed_worker_and_a_restarted_realtime_p
     stack = isolated
     a, b = stack.person(), stack.person()
     room = stack.room(a, b)
-    with served_realtime(stack) as (_, base), worker(stack, "doomed") as doomed:
+    with together(served_realtime(stack), worker(stack, "doomed")) as ((_, base), doomed):
         chat_a = stack.joined(a, room, base)
         with psycopg.connect(libpq_url(stack.database_url)) as blocker:
             blocker.execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")  # inserts wait
@@ -156,10 +156,9 @@ def test_after_a_redis_restart_messages_flow_again_within_seconds(isolated, tmp_
     room = stack.room(a, b)
     try:
         # Timed: without coverage, which slows these processes several times over.
-        with (
-            served_realtime(stack, measured=False) as (_, base),
-            worker(stack, "w", measured=False),
-        ):
+        with together(
+            served_realtime(stack, measured=False), worker(stack, "w", measured=False)
+        ) as ((_, base), _):
             chat_a, chat_b = stack.joined(a, room, base), stack.joined(b, room, base)
             assert send(chat_a, room, "before")["status"] == "ACCEPTED"
             assert chat_b.next("chat:message")["clientMsgId"] == "before"
@@ -227,10 +226,10 @@ def test_a_user_whose_process_died_goes_offline_when_the_ttl_runs_out(isolated):
     room = stack.room(a, b)
     metrics_dir = stack.tmp / "prom-dying"
     ttl = {"PRESENCE_TTL_SECONDS": "3"}
-    with (
-        served_realtime(stack, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **ttl) as (_, dying),
-        served_realtime(stack, **ttl) as (_, other),
-    ):
+    with together(
+        served_realtime(stack, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **ttl),
+        served_realtime(stack, **ttl),
+    ) as ((_, dying), (_, other)):
         stack.client(a, dying).connect()
 
         def online() -> bool:
@@ -253,11 +252,11 @@ def test_an_idle_queue_connection_outliving_its_socket_timeout_keeps_delivering(
     a, b = stack.person(), stack.person()
     room = stack.room(a, b)
     quick = {"REDIS_SOCKET_TIMEOUT": "1", "LOG_LEVEL": "INFO"}
-    with (
+    with together(
         worker(stack, "w", measured=False),
-        served_realtime(stack, measured=False, **quick) as (sender_side, base_1),
-        served_realtime(stack, measured=False, **quick) as (receiver_side, base_2),
-    ):
+        served_realtime(stack, measured=False, **quick),
+        served_realtime(stack, measured=False, **quick),
+    ) as (_, (sender_side, base_1), (receiver_side, base_2)):
         chat_a, chat_b = stack.joined(a, room, base_1), stack.joined(b, room, base_2)
         for n in range(3):
             time.sleep(2.5)  # idle for longer than the socket timeout

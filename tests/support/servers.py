@@ -22,7 +22,8 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,6 +239,26 @@ def gunicorn(
         yield process, base
     finally:
         stop_process(process)
+
+
+@contextmanager
+def together(*managers: AbstractContextManager) -> Iterator[list]:
+    """Enter `managers` at once, each in a thread (processes that each wait until they are
+    ready: their start-ups overlap), yield what they gave, exit them in reverse order. If
+    one fails to start, the others are exited and its error is raised."""
+    with ThreadPoolExecutor(len(managers)) as pool:
+        entered = [pool.submit(manager.__enter__) for manager in managers]
+    with ExitStack() as stack:
+        values, failures = [], []
+        for manager, future in zip(managers, entered, strict=True):
+            if future.exception() is None:
+                stack.push(manager)
+                values.append(future.result())
+            else:
+                failures.append(future.exception())
+        if failures:
+            raise failures[0]
+        yield values
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
