@@ -51,12 +51,11 @@ def test_two_beats_run_each_tick_once_and_survive_losing_the_lock_holder(
             key = redis_key("test", "ticks")
         return [tuple(json.loads(item)) for item in redis_of(app).lrange(key, 0, -1)]
 
-    worker = Worker(
-        database_url, tmp_path / "worker.log", name="w", OUTBOX_RELAY_IN_WORKER="false"
-    ).wait_ready()
+    worker = Worker(database_url, tmp_path / "worker.log", name="w", OUTBOX_RELAY_IN_WORKER="false")
     logs = [tmp_path / "beat-a.log", tmp_path / "beat-b.log"]
-    beats = [start_beat(database_url, path) for path in logs]
+    beats = [start_beat(database_url, path) for path in logs]  # while the worker starts
     try:
+        worker.wait_ready()
         wait_until(lambda: ticks(), 30, "the first tick")
         time.sleep(12)  # both beats alive: the second tries the lock every loop (5 s)
         seen = ticks()
