@@ -37,9 +37,9 @@ Optional extra servers in the same alternation (each runs the project's prod pro
   e.g. the commit before a change, to show what the change costs with everything else
   equal (`--baseline HEAD~1`).
 
-`--profile DIR` records the project's workers with py-spy during one extra round
-(collapsed stacks in DIR, loadable by speedscope or flamegraph.pl) and prints the
-frames holding the largest share of samples (py-spy from requirements-dev.txt; needs
+`--profile DIR` records the project's workers with py-spy during one extra round of
+scenario 1 and one of scenario 3 (collapsed stacks in DIR, loadable by speedscope or
+flamegraph.pl) and prints the frames holding the largest share of samples (py-spy from requirements-dev.txt; needs
 ptrace rights).
 """
 
@@ -314,6 +314,25 @@ def report_many_logins(runs: dict[str, list[WrkResult]], logins: int) -> int:
     return sum(r.non_2xx + r.socket_errors for rs in runs.values() for r in rs)
 
 
+def record_profiles(
+    pid: int, url: str, token: str, args: argparse.Namespace, workdir: Path
+) -> list[tuple[str, Path]]:
+    """With `--profile`: py-spy over one more round of scenario 1, and of scenario 3 when it
+    ran (its tokens are in `workdir`); (title, collapsed stacks) of each."""
+    if not args.profile:
+        return []
+    args.profile.mkdir(parents=True, exist_ok=True)
+    rounds = [("scenario 1", args.profile / "hot_path_project.txt", token)]
+    if args.logins:
+        tokens = workdir / "tokens.txt"
+        rounds.append(("scenario 3", args.profile / "hot_path_project_logins.txt", tokens))
+    for _, collapsed, auth in rounds:
+        recorder = py_spy(pid, args.seconds, collapsed)
+        wrk(url, auth, args.seconds, args.connections)
+        recorder.wait(timeout=60)
+    return [(title, collapsed) for title, collapsed, _ in rounds]
+
+
 def main() -> int:  # noqa: PLR0915 - one linear script
     """Run the scenarios and print the report."""
     global WRK_NICE  # noqa: PLW0603 - one setting for every wrk run of this process
@@ -381,12 +400,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         spread = many_logins(targets, env, args, workdir) if args.logins else {}
         flood = wrk(targets["project"], token, args.seconds, args.flood)
         flood_peer = wrk(targets["peer"], token, args.seconds, args.flood)
-        if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            collapsed = args.profile / "hot_path_project.txt"
-            recorder = py_spy(project.pid, args.seconds, collapsed)
-            wrk(targets["project"], token, args.seconds, args.connections)
-            recorder.wait(timeout=60)
+        profiles = record_profiles(project.pid, targets["project"], token, args, workdir)
     log.info(
         "GET %s, gunicorn gevent x%d each, wrk -t2 -c%d (nice %d), %d alternating rounds of %.0f s",
         ROUTE,
@@ -422,8 +436,8 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     met = ratio >= 0.5 and project_p99 < 50 and not errors
     met = met and flood.non_2xx == 0 and flood.socket_errors == 0
     log.info("goals met: %s", "yes" if met else "NO")
-    if args.profile:
-        log.info("py-spy, share of samples per frame (inclusive): %s", collapsed)
+    for title, collapsed in profiles:
+        log.info("py-spy, %s, share of samples per frame (inclusive): %s", title, collapsed)
         for share, frame in top_frames(collapsed):
             log.info("  %5.1f%%  %s", share * 100, frame)
     log.info("server logs: %s", workdir)
