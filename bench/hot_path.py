@@ -39,8 +39,8 @@ Optional extra servers in the same alternation (each runs the project's prod pro
 
 `--profile DIR` records the project's workers with py-spy during one extra round of
 scenario 1 and one of scenario 3 (collapsed stacks in DIR, loadable by speedscope or
-flamegraph.pl) and prints the frames holding the largest share of samples (py-spy from requirements-dev.txt; needs
-ptrace rights).
+flamegraph.pl) and prints the frames holding the largest share of samples (py-spy from
+requirements-dev.txt; needs ptrace rights).
 """
 
 from __future__ import annotations
