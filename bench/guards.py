@@ -16,12 +16,11 @@ alternate on/off so machine noise hits both; medians and their ratio are printed
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 
+from bench import hot_path
 from bench._report import report_logger
 from bench._setup import access_token, server_env
 from tests.support.servers import gunicorn
@@ -30,26 +29,12 @@ log = report_logger("bench.guards")
 
 
 def wrk(url: str, token: str, seconds: float, connections: int) -> float:
-    """Requests per second reported by wrk (non-2xx answers make the run invalid)."""
-    result = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{int(seconds)}s",
-            "--latency",
-            "-H",
-            f"Authorization: Bearer {token}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-    )
-    if "Non-2xx" in result.stdout:
-        raise SystemExit(f"errors during the run:\n{result.stdout}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout).group(1))
+    """Requests per second of one run (`bench.hot_path.wrk`: wrk at nice 19); non-2xx
+    answers or socket errors make the run invalid."""
+    result = hot_path.wrk(url, token, seconds, connections)
+    if result.non_2xx or result.socket_errors:
+        raise SystemExit(f"errors during the run: {result}")
+    return result.rps
 
 
 def main() -> int:
