@@ -25,7 +25,7 @@ import psycopg
 import sqlalchemy.exc
 from flask import Flask, request
 from sqlalchemy import Connection, DateTime, Engine, Executable, Uuid, event, func
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column, scoped_session
 from ulid import ULID
 
 from myapp.core import tracing
@@ -57,7 +57,10 @@ class Model(db.Model):
 
 
 class TimestampMixin:
-    """`created_at` / `updated_at`, timezone-aware, set by PostgreSQL per row."""
+    """`created_at` / `updated_at`, timezone-aware, set by PostgreSQL per row; both come back
+    in the `RETURNING` of the row's INSERT or UPDATE (`eager_defaults`), not in a later read."""
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - read once by the mapper
 
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
@@ -292,22 +295,33 @@ def _give_back(connection: Any, driver: psycopg.Connection) -> None:
 
 
 @contextmanager
-def unit_of_work(session: Session | None = None) -> Iterator[Session]:
+def unit_of_work(session: Session | None = None, *, keep_loaded: bool = False) -> Iterator[Session]:
     """The one transaction of a use case: commit on success, roll back on any error.
 
     Nested calls join the outermost one, so services compose and only the top-level
     service commits. Helpers inside only `flush()`.
+
+    After the commit, objects are read again on their next use (another process may have
+    changed them since), except with `keep_loaded` on the outermost unit: for a use case
+    that answers with what it just wrote, which its objects already hold (timestamps come
+    back in `RETURNING`), so presenting them needs no second transaction.
     """
     session = session or db.session
+    actual = session() if isinstance(session, scoped_session) else session  # not proxied
     depth = session.info.get("uow_depth", 0)
     if depth == 0 and session.info.pop(AUTOCOMMIT_READS, False):
         session.commit()  # end the autocommit reads: what follows is one real transaction
-        session.expire_on_commit = True
+        actual.expire_on_commit = True
     session.info["uow_depth"] = depth + 1
     try:
         yield session
         if depth == 0:
-            session.commit()
+            expire = actual.expire_on_commit
+            actual.expire_on_commit = expire and not keep_loaded
+            try:
+                session.commit()
+            finally:
+                actual.expire_on_commit = expire
             for callback in session.info.pop(_AFTER_COMMIT, {}).values():
                 callback()
     except BaseException:

@@ -296,8 +296,9 @@ def _revoke_tokens(user: User) -> None:
 
 
 def update_user(*, user_id: uuid.UUID, changes: dict[str, Any], actor: Actor) -> User:
-    """Change profile fields the actor may change (ABAC in `policies`)."""
-    with unit_of_work():
+    """Change profile fields the actor may change (ABAC in `policies`); the user as
+    written, ready to present."""
+    with unit_of_work(keep_loaded=True):
         user = get_user(user_id=user_id, actor=actor)
         policies.ensure_may_update(actor, user, changes)
         before = snapshot(user)

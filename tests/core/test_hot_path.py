@@ -107,3 +107,28 @@ def test_orm_reads_of_a_get_run_in_autocommit_and_writes_in_one_transaction(
     assert changed.status_code == 200
     verbs = [s.split()[0] for s in writes]
     assert verbs.count("BEGIN") >= 1 and "UPDATE" in verbs and verbs.count("COMMIT") == 1, verbs
+
+
+def test_a_patch_answers_with_what_it_wrote_without_reading_it_again(
+    real_app, committed_user, wire
+):
+    """The written row comes back in the UPDATE's RETURNING (its new `updated_at`) and
+    the answer is built from it: nothing is sent after the COMMIT."""
+    client = real_app.test_client()
+    headers = bearer(login(client, committed_user, PASSWORD))
+    before = client.get("/v1/users/me", headers=headers).get_json()["data"]
+    with wire.counting() as statements:
+        changed = client.patch("/v1/users/me", headers=headers, json={"name": "Written Once"})
+    assert changed.status_code == 200
+    data = changed.get_json()["data"]
+    assert (data["name"], data["roles"], data["email"]) == (
+        "Written Once",
+        ["manager"],
+        before["email"],
+    )
+    assert data["updatedAt"] > before["updatedAt"]
+    verbs = [s.split()[0] for s in statements if s.strip()]
+    assert verbs[-1] == "COMMIT" and verbs.count("BEGIN") == 1, verbs
+    assert "RETURNING users.updated_at" in next(s for s in statements if s.startswith("UPDATE"))
+    after = client.get("/v1/users/me", headers=headers).get_json()["data"]
+    assert after == data  # what the answer said is what was stored
