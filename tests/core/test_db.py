@@ -6,12 +6,24 @@ import uuid
 from datetime import datetime
 
 import pytest
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Uuid, func, insert, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    func,
+    insert,
+    inspect,
+    select,
+)
 from sqlalchemy.orm import registry
 
 from myapp.core.db import after_commit, new_id, unit_of_work
 from myapp.core.errors import AppError
 from myapp.core.paging import Page, cursor_page, decode_cursor, offset_page
+from myapp.extensions import db, flag_autocommit_reads
 
 scratch = MetaData()
 items = Table(
@@ -153,3 +165,19 @@ def test_tampered_cursor_is_bad_request(db_session, table, cursor):
     with pytest.raises(AppError) as caught:
         cursor_page(select(ScratchItem), keys=[ScratchItem.id], cursor=cursor, limit=5)
     assert caught.value.code == "BAD_REQUEST"
+
+
+def test_a_commit_expires_what_the_unit_wrote_unless_it_keeps_it_loaded(db_session, make_user):
+    user = make_user()
+    with unit_of_work():
+        user.name = "Read again"
+    assert "name" in inspect(user).expired_attributes  # the next use reads the row
+    assert user.name == "Read again"
+    with unit_of_work(keep_loaded=True):
+        user.name = "Kept"
+    assert not inspect(user).expired_attributes  # presented as written, without a read
+    assert user.name == "Kept"
+    flag_autocommit_reads(db.session())  # as a GET's session starts, reading in autocommit
+    with unit_of_work():  # a unit after such reads expires at its commit like any other
+        user.name = "After reads"
+    assert "name" in inspect(user).expired_attributes
