@@ -78,9 +78,10 @@ def _record(blob: ReceivedBlob, owner_id: uuid.UUID) -> StoredFile:
 
 
 def _keep(blob: ReceivedBlob, owner_id: uuid.UUID) -> StoredFile:
-    """Record a stored blob; if that fails, remove the blob (the sweep is the backstop)."""
+    """Record a stored blob (the row as written); if that fails, remove the blob (the
+    sweep is the backstop)."""
     try:
-        with unit_of_work():
+        with unit_of_work(keep_loaded=True):
             return _record(blob, owner_id)
     except BaseException:
         try:

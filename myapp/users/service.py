@@ -273,8 +273,8 @@ def create_user(  # noqa: PLR0913 - keyword-only fields of a new user
     phone: str | None = None,
     roles: list[str] | None = None,
 ) -> User:
-    """Create an account (409 `CONFLICT` when the e-mail is taken)."""
-    with unit_of_work():
+    """Create an account (409 `CONFLICT` when the e-mail is taken); the user as written."""
+    with unit_of_work(keep_loaded=True):
         return _add_user(
             email=email,
             password=password,
@@ -340,8 +340,8 @@ def delete_user(*, user_id: uuid.UUID, actor: Actor) -> None:
 
 
 def restore_user(*, user_id: uuid.UUID, actor: Actor) -> User:
-    """Undo a soft delete."""
-    with unit_of_work():
+    """Undo a soft delete; the user as written."""
+    with unit_of_work(keep_loaded=True):
         user = get_user(user_id=user_id, actor=actor)
         if user.deleted_at is None:
             raise AppError("CONFLICT", "This user is not deleted.")
@@ -385,8 +385,8 @@ def purge_deleted(*, older_than_days: int, batch_size: int = 200) -> int:
 
 
 def set_roles(*, user_id: uuid.UUID, roles: list[str], actor: Actor) -> User:
-    """Replace a user's roles; their existing tokens stop working."""
-    with unit_of_work():
+    """Replace a user's roles; their existing tokens stop working. The user as written."""
+    with unit_of_work(keep_loaded=True):
         user = get_user(user_id=user_id, actor=actor)
         before = snapshot(user)
         user.roles = _roles_named(roles)

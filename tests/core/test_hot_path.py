@@ -132,3 +132,22 @@ def test_a_patch_answers_with_what_it_wrote_without_reading_it_again(
     assert "RETURNING users.updated_at" in next(s for s in statements if s.startswith("UPDATE"))
     after = client.get("/v1/users/me", headers=headers).get_json()["data"]
     assert after == data  # what the answer said is what was stored
+
+
+def test_a_role_change_answers_with_what_it_wrote_without_reading_it_again(
+    real_app, commit_user, wire
+):
+    client = real_app.test_client()
+    admin = bearer(login(client, commit_user(real_app, role="admin"), PASSWORD))
+    target = login(client, commit_user(real_app), PASSWORD)
+    user_id = client.get("/v1/users/me", headers=bearer(target)).get_json()["data"]["id"]
+    with wire.counting() as statements:
+        changed = client.put(
+            f"/v1/users/{user_id}/roles", headers=admin, json={"roles": ["manager"]}
+        )
+    assert changed.status_code == 200
+    assert changed.get_json()["data"]["roles"] == ["manager"]
+    verbs = [s.split()[0] for s in statements if s.strip()]
+    assert verbs[-1] == "COMMIT" and verbs.count("BEGIN") == 1, verbs
+    shown = client.get(f"/v1/users/{user_id}", headers=admin).get_json()["data"]
+    assert shown["roles"] == ["manager"]
