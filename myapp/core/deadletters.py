@@ -22,6 +22,7 @@ from typing import Any
 
 from celery import Task
 from flask import Flask, current_app
+from prometheus_client import Counter
 from sqlalchemy import DateTime, Integer, String, Text, delete, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -144,7 +145,7 @@ def record_failure(  # noqa: PLR0913 - what Celery's on_failure hands over
             letter.status = DEAD
             for name, value in fields.items():
                 setattr(letter, name, value)
-    current_app.extensions[_COUNTER].labels(task.name).inc()
+    dead_letter_counter().labels(task.name).inc()
     log.error(
         "task.dead_lettered",
         task=task.name,
@@ -217,6 +218,11 @@ def purge(*, before: datetime) -> int:
         ).rowcount
     log.info("dlq.purged", rows=deleted)
     return deleted
+
+
+def dead_letter_counter() -> Counter:
+    """The current app's count of dead-lettered tasks, by task name."""
+    return current_app.extensions[_COUNTER]
 
 
 def init_dead_letters(app: Flask) -> None:

@@ -56,10 +56,12 @@ def block_sizes(total: int, workers: int) -> list[int]:
 
 def slow_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     """`items` reordered so that each of `workers` blocks starts with its slow tests."""
-    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    slow: list[pytest.Item] = []
+    quick: list[pytest.Item] = []
+    for item in items:
+        (quick if item.get_closest_marker("slow") is None else slow).append(item)
     if workers < 2 or not slow:
         return items
-    quick = [item for item in items if item.get_closest_marker("slow") is None]
     blocks: list[list[pytest.Item]] = [[] for _ in range(workers)]
     for unit in sorted(_slow_units(slow), key=len, reverse=True):  # largest first
         min(blocks, key=len).extend(unit)
